@@ -1,0 +1,168 @@
+"""The model card (README.md): metadata the Hub understands, and a page a person reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+PROJECT_TAG = "transfer-zoo"
+
+_STRATEGY_PROSE = {
+    "feature-extractor": "the whole pretrained backbone was frozen and only a new linear head was "
+    "trained, on features computed once",
+    "shallow": "the backbone was cut after an early stage (chosen on validation data), frozen, and "
+    "only a new linear head was trained on its pooled features",
+    "fine-tune": "a new head was warmed up on the frozen backbone, then every layer was trained "
+    "with layer-wise learning-rate decay (early layers learn slowest)",
+    "from-scratch": "every layer was trained from random initialisation",
+    "imagenet": "these are the backbone's original ImageNet-1k weights and classifier, unchanged",
+}
+
+
+def model_card(name: str, spec, info: dict[str, Any]) -> str:
+    strategy = info.get("strategy") or "unknown"
+    metrics = info.get("metrics") or {}
+    split = info.get("metrics_split") or "val"
+    data = info.get("data") or {}
+    backbone = (info.get("backbone") or {}).get("name") or spec.architecture
+    image_only_timm = spec.text is None and spec.cut_stage is None
+    card_data = ModelCardData(
+        library_name="timm" if image_only_timm else "pytorch",
+        pipeline_tag="image-classification" if spec.text is None else "image-text-to-text",
+        license="apache-2.0",
+        model_name=name,
+        base_model=_base_model(info),
+        tags=[PROJECT_TAG, f"strategy-{strategy}", "image-classification", spec.architecture,
+              *(["multimodal"] if spec.text is not None else [])],
+        metrics=[key for key in ("accuracy", "f1") if _metric(metrics, key) is not None] or None,
+        eval_results=_eval_results(metrics, split, data) or None,
+    )
+    sections = [
+        f"# {name}\n",
+        _summary(spec, strategy, backbone, info),
+        _data_section(spec, data),
+        _metrics_section(spec, metrics, split),
+        _usage_section(name, spec, image_only_timm),
+        _provenance_section(info),
+    ]
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(s for s in sections if s)).content
+
+
+def _summary(spec, strategy: str, backbone: str, info: dict[str, Any]) -> str:
+    classes = ", ".join(f"`{label}`" for label in spec.label_names[:20])
+    more = f" and {spec.num_classes - 20} more" if spec.num_classes > 20 else ""
+    how = _STRATEGY_PROSE.get(strategy, f"strategy `{strategy}`")
+    cut = f" The backbone is cut after stage {spec.cut_stage}." if spec.cut_stage is not None else ""
+    text = f" It also reads a sentence per image ({spec.text.get('encoder')})." if spec.text else ""
+    seconds = info.get("train_seconds")
+    took = f" Training took {seconds:.0f} s." if isinstance(seconds, (int, float)) else ""
+    return (
+        f"An image classifier for {spec.num_classes} classes: {classes}{more}.\n\n"
+        f"Made with Transfer Zoo from **{backbone}** using the "
+        f"**{strategy}** strategy: {how}.{cut}{text} Input: {spec.image_size} px RGB, "
+        f"normalised with mean {list(spec.mean)} and std {list(spec.std)}.{took}\n"
+    )
+
+
+def _data_section(spec, data: dict[str, Any]) -> str:
+    counts = data.get("class_counts") or {}
+    if not counts:
+        return ""
+    splits = [split for split in ("train", "val", "test") if any(split in row for row in counts.values())]
+    lines = ["## Data\n", "| class | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+    for label in spec.label_names:
+        row = counts.get(label, {})
+        lines.append(f"| {label} | " + " | ".join(str(row.get(split, 0)) for split in splits) + " |")
+    skipped = data.get("skipped") or []
+    if skipped:
+        lines.append(f"\n{len(skipped)} file(s) were skipped as unreadable or not images.")
+    return "\n".join(lines) + "\n"
+
+
+def _metrics_section(spec, metrics: dict[str, Any], split: str) -> str:
+    if not metrics:
+        return ""
+    which = "held-out **test**" if split == "test" else "**validation** (also used to pick epochs and settings, so slightly optimistic)"
+    lines = [
+        "## Results\n",
+        f"Measured on the {which} split.\n",
+        f"- accuracy: **{metrics.get('accuracy', float('nan')):.4f}**",
+        f"- macro-F1: **{metrics.get('macro_f1', float('nan')):.4f}**\n",
+    ]
+    per_class = metrics.get("per_class") or {}
+    if per_class:
+        lines += ["| class | precision | recall | support |", "|---|---|---|---|"]
+        for label, row in per_class.items():
+            lines.append(f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['support']} |")
+        lines.append("")
+    matrix = metrics.get("confusion_matrix")
+    if matrix and len(matrix) <= 30:
+        lines += ["Confusion matrix (rows: true class, columns: predicted):\n",
+                  "| | " + " | ".join(spec.label_names) + " |", "|---|" + "---|" * len(matrix)]
+        for label, row in zip(spec.label_names, matrix):
+            lines.append(f"| **{label}** | " + " | ".join(str(v) for v in row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _usage_section(name: str, spec, image_only_timm: bool) -> str:
+    text_arg = ' --text "a sentence about the image"' if spec.text is not None else ""
+    lines = [
+        "## Usage\n",
+        "With Transfer Zoo (`pip install` this project, then):\n",
+        "```bash",
+        f"python -m zoo predict {name} photo.jpg --top-k 3{text_arg}",
+        "```\n",
+        "```python",
+        "from zoo.predict import predict",
+        f"print(predict({name!r}, ['photo.jpg'], top_k=3))",
+        "```\n",
+    ]
+    if image_only_timm:
+        lines += [
+            "With plain timm, from a local copy of this folder or the Hub:\n",
+            "```python",
+            "import timm, torch",
+            f'model = timm.create_model("local-dir:/path/to/{name}", pretrained=True).eval()  # or "hf-hub:OWNER/{name}"',
+            "cfg = timm.data.resolve_data_config({}, model=model)",
+            "transform = timm.data.create_transform(**cfg)",
+            "```\n",
+        ]
+    return "\n".join(lines)
+
+
+def _provenance_section(info: dict[str, Any]) -> str:
+    versions = info.get("versions") or {}
+    settings = info.get("settings") or {}
+    if not (versions or settings):
+        return ""
+    lines = ["## How it was made\n"]
+    if settings:
+        lines.append("Settings: " + ", ".join(f"`{k}={v}`" for k, v in settings.items()) + "\n")
+    if versions:
+        lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + "\n")
+    return "\n".join(lines)
+
+
+def _metric(metrics: dict[str, Any], key: str):
+    return metrics.get("macro_f1" if key == "f1" else key)
+
+
+def _eval_results(metrics: dict[str, Any], split: str, data: dict[str, Any]) -> list[EvalResult]:
+    dataset = data.get("name") or "imagefolder"
+    results = []
+    for metric, value in (("accuracy", metrics.get("accuracy")), ("f1", metrics.get("macro_f1"))):
+        if value is not None:
+            results.append(EvalResult(
+                task_type="image-classification", dataset_type="imagefolder", dataset_name=dataset,
+                dataset_split="test" if split == "test" else "validation", metric_type=metric,
+                metric_name="macro-F1" if metric == "f1" else "accuracy", metric_value=round(float(value), 4),
+            ))
+    return results
+
+
+def _base_model(info: dict[str, Any]) -> str | None:
+    backbone = info.get("backbone") or {}
+    hub_id = backbone.get("hub_id")
+    return hub_id if isinstance(hub_id, str) and "/" in hub_id else None

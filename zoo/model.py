@@ -1,0 +1,128 @@
+"""The classifier, built from a plain spec.
+
+A `ModelSpec` describes itself completely (architecture, where it is cut, its classes, the input it
+expects), so a saved model is rebuilt from its spec alone, with no reference to how it was trained:
+
+    spec = ModelSpec.from_dict(json.load(open("transfer.json"))["spec"])
+    model = build_model(spec)                       # random weights, right shapes
+    model.load_state_dict(safetensors.torch.load_file("model.safetensors"))
+
+Image-only models are plain timm models (cut ones are pruned with timm's own
+`prune_intermediate_layers`), so the uncut ones also load with `timm.create_model("local-dir:...")`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from zoo import ZooError
+from zoo.images import resized_side
+from zoo.weights import Weights, create_backbone, random_weights
+
+
+@dataclass
+class ModelSpec:
+    architecture: str  # timm architecture, e.g. "tf_efficientnet_lite0"
+    label_names: list[str]  # class index -> name; its length is the number of classes
+    cut_stage: int | None = None  # keep backbone stages 0..cut_stage (timm feature_info index); None: all
+    image_size: int = 224  # square input side in pixels
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # input normalisation the weights expect
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    crop_pct: float = 0.875  # resize the shorter side to image_size / crop_pct, then centre-crop
+    interpolation: str = "bicubic"
+    text: dict[str, Any] | None = None  # text branch (image+text models); None: image only
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def resized_side(self) -> int:
+        return resized_side(self.image_size, self.crop_pct)
+
+    def data_config(self) -> dict[str, Any]:
+        """timm's data config: what `timm.data.create_transform` and `pretrained_cfg` take."""
+        return {
+            "input_size": (3, self.image_size, self.image_size),
+            "interpolation": self.interpolation,
+            "mean": tuple(self.mean),
+            "std": tuple(self.std),
+            "crop_pct": self.crop_pct,
+            "crop_mode": "center",
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+        if not isinstance(data, dict):
+            raise ZooError("model spec must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ZooError(f"model spec has unknown fields {sorted(unknown)}; is the zoo newer than this code?")
+        try:
+            spec = cls(**data)
+            spec.mean, spec.std = tuple(map(float, spec.mean)), tuple(map(float, spec.std))
+            spec.label_names = [str(name) for name in spec.label_names]
+        except (TypeError, ValueError) as error:
+            raise ZooError(f"invalid model spec: {error}") from None
+        if spec.num_classes < 1 or int(spec.image_size) < 8:
+            raise ZooError("invalid model spec: needs at least one class and an image size of 8 px or more")
+        return spec
+
+    @classmethod
+    def for_weights(cls, weights: Weights, label_names: list[str], **overrides: Any) -> "ModelSpec":
+        """A spec whose input settings (mean, std, crop) follow what the weights were trained with."""
+        cfg = weights.pretrained_cfg
+        values: dict[str, Any] = {}
+        for key in ("mean", "std", "crop_pct", "interpolation"):
+            if cfg.get(key) is not None:
+                values[key] = tuple(cfg[key]) if key in ("mean", "std") else cfg[key]
+        if cfg.get("input_size"):
+            values["image_size"] = int(cfg["input_size"][-1])
+        values["cut_stage"] = weights.cut_stage
+        values.update(overrides)
+        return cls(architecture=weights.architecture, label_names=list(label_names), **values)
+
+
+def build_model(spec: ModelSpec, weights: Weights | None = None) -> torch.nn.Module:
+    """The classifier for `spec`: pretrained from `weights` with a new head, or random (weights=None)."""
+    if spec.text is not None:
+        raise ZooError("image+text models need the text branch, which this version cannot build")
+    weights = weights or random_weights(spec.architecture)
+    model = create_backbone(weights, num_classes=spec.num_classes, cut_stage=spec.cut_stage)
+    model.pretrained_cfg = {**model.pretrained_cfg, **spec.data_config(), "num_classes": spec.num_classes}
+    return model
+
+
+# --- input: the same pixels for training and prediction ------------------------------------------
+
+
+def center_crop_uint8(image: Image.Image, spec: ModelSpec) -> torch.Tensor:
+    """An RGB image already resized to `spec.resized_side` -> centre crop as uint8 CHW."""
+    width, height = image.size
+    side = spec.image_size
+    left, top = int(round((width - side) / 2.0)), int(round((height - side) / 2.0))  # as torchvision
+    crop = image.crop((left, top, left + side, top + side))
+    return torch.from_numpy(np.array(crop, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def normalize(batch_uint8: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """uint8 NCHW -> float input, exactly as torchvision's ToTensor + Normalize compute it."""
+    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    return batch_uint8.float().div(255).sub(mean).div(std).contiguous(memory_format=torch.channels_last)
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total

@@ -1,0 +1,109 @@
+"""Predict with a zoo model: load it once, then top-k labels for one image or a batch.
+
+    from zoo.predict import ModelCache, predict
+    cache = ModelCache()                                   # the app keeps one; the CLI one per run
+    predict("cats-vs-dogs", ["a.jpg", "b.png"], top_k=3, cache=cache)
+    # -> [[{"label": "cat", "score": 0.97}, ...], [...]]
+
+Images go through `zoo.images` (any mode or size) and the model's own preprocessing, exactly as in
+training. The cache is keyed by the model's name AND the identity of its files (a save replaces
+the folder, so a replaced model is a new key), and every request re-reads the entry, so a replaced
+or deleted model is never served stale.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoo import ZooError, zoo_dir
+from zoo.images import ImageSource, open_image
+from zoo.model import ModelSpec, center_crop_uint8, normalize
+from zoo.store import ZooEntry, load_model, read_entry
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: torch.nn.Module
+    spec: ModelSpec
+    entry: ZooEntry
+
+
+class ModelCache:
+    """A few loaded models, least recently used dropped first. Thread-safe."""
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._models: OrderedDict[tuple, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, name: str, *, zoo: str | Path | None = None) -> LoadedModel:
+        entry = read_entry(name, zoo=zoo)  # raises ZooError if deleted or damaged
+        key = (str(zoo_dir(zoo)), name, _identity(entry.path))
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+        model, entry = load_model(name, zoo=zoo)
+        loaded = LoadedModel(name=name, model=model.to(memory_format=torch.channels_last), spec=entry.spec,
+                             entry=entry)
+        with self._lock:
+            for old in [k for k in self._models if k[:2] == key[:2]]:
+                del self._models[old]  # an older version of this model
+            self._models[key] = loaded
+            while len(self._models) > self.size:
+                self._models.popitem(last=False)
+        return loaded
+
+    def clear(self) -> None:
+        with self._lock:
+            self._models.clear()
+
+
+def predict(
+    model: str | LoadedModel,
+    images: Sequence[ImageSource],
+    *,
+    top_k: int = 5,
+    zoo: str | Path | None = None,
+    cache: ModelCache | None = None,
+) -> list[list[dict[str, Any]]]:
+    """For each image, the top-k {"label", "score"} (scores are probabilities, highest first)."""
+    loaded = model if isinstance(model, LoadedModel) else (cache or ModelCache(1)).get(model, zoo=zoo)
+    probs = probabilities(loaded, images)
+    k = max(1, min(top_k, loaded.spec.num_classes))
+    scores, indices = probs.topk(k, dim=1)
+    return [
+        [{"label": loaded.spec.label_names[i], "score": round(float(s), 6)} for s, i in zip(row_s, row_i)]
+        for row_s, row_i in zip(scores.tolist(), indices.tolist())
+    ]
+
+
+def probabilities(loaded: LoadedModel, images: Sequence[ImageSource], batch_size: int = 32) -> torch.Tensor:
+    """(N, classes) softmax probabilities for `images`."""
+    if not images:
+        raise ZooError("No image given to predict.")
+    spec = loaded.spec
+    crops = [center_crop_uint8(open_image(image, shorter_side=spec.resized_side), spec) for image in images]
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(crops), batch_size):
+            batch = torch.stack(crops[start:start + batch_size])
+            outputs.append(loaded.model(normalize(batch, spec)).float().softmax(dim=1))
+    return torch.cat(outputs)
+
+
+def _identity(path: Path) -> tuple:
+    """Changes whenever the model's files are replaced (a save renames a new folder into place)."""
+    parts = []
+    for name in ("model.safetensors", "transfer.json"):
+        stat = (path / name).stat()
+        parts.append((stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    return tuple(parts)
