@@ -1,0 +1,135 @@
+"""Cached frozen features: one forward pass of the frozen backbone, reused by every frozen fit.
+
+One pass over the images records, per image, the pooled output of EVERY backbone stage plus the
+final pre-logits features (timm's `forward_intermediates`). `feature-extractor` trains its head on
+the final features, `shallow` probes each stage to choose its cut, `fine-tune` warms its head up on
+them, and a repeat fit of the same data and backbone (or `compare`) skips the pass altogether.
+
+Caches live in `<zoo>/cache/features/`, one safetensors file per (weights, input settings, set of
+image contents); the oldest files are evicted past a size cap (`TRANSFER_FEATURE_CACHE_MB`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from zoo import zoo_dir
+from zoo.model import ModelSpec, normalize
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+CACHE_CAP_BYTES = int(os.environ.get("TRANSFER_FEATURE_CACHE_MB", 2048)) << 20
+
+
+@dataclass
+class Features:
+    final: torch.Tensor  # (N, num_features): what the model's classifier sees
+    stages: list[torch.Tensor]  # per backbone stage k: (N, channels_k), global-average pooled
+
+    def select(self, rows: list[int]) -> "Features":
+        index = torch.as_tensor(rows, dtype=torch.long)
+        return Features(self.final[index], [stage[index] for stage in self.stages])
+
+
+def cache_key(weights_fingerprint: str, spec: ModelSpec, hashes: Iterable[str]) -> str:
+    """Identifies a feature set: the weights, every input setting, and the images' contents."""
+    settings = {
+        "version": CACHE_VERSION,
+        "weights": weights_fingerprint,
+        "architecture": spec.architecture,
+        "data": spec.data_config(),
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for content_hash in sorted(set(hashes)):
+        digest.update(content_hash.encode())
+    return digest.hexdigest()[:32]
+
+
+def load_cached(key: str, hashes: list[str], *, zoo: str | Path | None = None) -> tuple[Features | None, dict[str, str]]:
+    """(features in the order of `hashes`, {hash: reason} for images that failed to decode), or (None, {})."""
+    path = _cache_dir(zoo) / f"{key}.safetensors"
+    if not path.is_file():
+        return None, {}
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        stored = json.loads(meta["hashes"])
+        failed = json.loads(meta.get("failed", "{}"))
+        row_of = {content_hash: row for row, content_hash in enumerate(stored)}
+        rows = [row_of[h] for h in hashes if h not in failed]
+        stage_count = int(meta["stages"])
+    except (OSError, KeyError, ValueError) as error:  # damaged or foreign file: recompute
+        log.warning("ignoring unreadable feature cache %s (%s)", path.name, error)
+        return None, {}
+    os.utime(path)  # recently used: evicted last
+    features = Features(tensors["final"], [tensors[f"stage{k}"] for k in range(stage_count)]).select(rows)
+    return features, failed
+
+
+def store_cached(key: str, hashes: list[str], features: Features, failed: dict[str, str], *, zoo=None) -> None:
+    """Write a feature set (rows in the order of the non-failed `hashes`) atomically, then enforce the cap."""
+    directory = _cache_dir(zoo)
+    directory.mkdir(parents=True, exist_ok=True)
+    kept = [h for h in hashes if h not in failed]
+    first_row: dict[str, int] = {}
+    for row, content_hash in enumerate(kept):
+        first_row.setdefault(content_hash, row)  # duplicate images: store once
+    rows = list(first_row.values())
+    unique = features.select(rows)
+    tensors = {"final": unique.final.contiguous()}
+    tensors |= {f"stage{k}": stage.contiguous() for k, stage in enumerate(unique.stages)}
+    meta = {"hashes": json.dumps(list(first_row)), "failed": json.dumps(failed), "stages": str(len(unique.stages))}
+    temporary = directory / f".{key}.{os.getpid()}.tmp"
+    safetensors.torch.save_file(tensors, str(temporary), metadata=meta)
+    os.replace(temporary, directory / f"{key}.safetensors")
+    _enforce_cap(directory)
+
+
+@torch.inference_mode()
+def extract_features(
+    model: torch.nn.Module,
+    batches: Iterable[torch.Tensor],
+    spec: ModelSpec,
+    *,
+    on_batch: Callable[[int], None] | None = None,
+) -> Features:
+    """One pass of a frozen timm model over uint8 NCHW batches -> every stage's pooled features."""
+    model.eval()
+    finals, stages = [], []
+    for batch in batches:
+        inputs = normalize(batch, spec)
+        if hasattr(model, "forward_intermediates"):
+            final_map, intermediates = model.forward_intermediates(inputs)
+            stages.append([feature_map.mean(dim=(2, 3)) for feature_map in intermediates])
+        else:  # older timm models: final features only (no cut-depth search)
+            final_map = model.forward_features(inputs)
+        finals.append(model.forward_head(final_map, pre_logits=True))
+        if on_batch:
+            on_batch(len(batch))
+    stage_tensors = [torch.cat(per_stage) for per_stage in zip(*stages)] if stages else []
+    return Features(torch.cat(finals), stage_tensors)
+
+
+def _cache_dir(zoo) -> Path:
+    return zoo_dir(zoo) / "cache" / "features"
+
+
+def _enforce_cap(directory: Path) -> None:
+    files = sorted(directory.glob("*.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True)
+    total = 0
+    for path in files:
+        total += path.stat().st_size
+        if total > CACHE_CAP_BYTES and path is not files[0]:
+            path.unlink(missing_ok=True)
+            log.info("feature cache over %d MB: evicted %s", CACHE_CAP_BYTES >> 20, path.name)

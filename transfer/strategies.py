@@ -1,0 +1,94 @@
+"""The four classic transfer strategies, as data.
+
+Pick by dataset SIZE and SIMILARITY to the backbone's pretraining data:
+
+    feature-extractor  small, similar    whole backbone frozen; a new linear head trains on features
+                                         computed once and cached (seconds)
+    shallow            small, different  the backbone is cut after an early stage (the cut depth is
+                                         chosen on validation data from one cached pass over all
+                                         stages), frozen; a new linear head on its pooled features
+    fine-tune          large, similar    phase 1: head warm-up on the frozen (cached) features;
+                                         phase 2: everything trains, with layer-wise LR decay so the
+                                         stem learns ~16x slower than the head
+    from-scratch       large, different  everything trains from random initialisation
+
+`fit` reads these fields; nothing else about a strategy is special-cased.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transfer import DataError
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    when: str  # one line a user reads when choosing
+    pretrained: bool  # start from pretrained weights (False: random init)
+    trains_backbone: bool  # False: head only, on cached frozen features
+    search_cut: bool = False  # choose the cut stage on validation data (shallow)
+    head_warmup: bool = False  # phase 1 trains the head on the frozen backbone (fine-tune)
+    lr: float = 1e-3  # peak learning rate of the head (other groups: scaled by layer decay)
+    layer_decay: float | None = None  # per depth group LR multiplier; 0.85 on lite0: stem ~1/16 of the head
+    image_size: int | None = None  # default input size; None: the weights' own (224 for lite0)
+    epochs: int = 5  # default passes over the training images when the backbone trains
+    warmup_epochs: float = 0.0  # linear LR warm-up at the start of backbone training
+    freeze_bn_stats: bool = False  # BatchNorm keeps its pretrained statistics while the backbone trains
+    patience: int | None = 3  # epochs without validation gain before stopping; None: run every epoch
+
+
+STRATEGIES: dict[str, Strategy] = {
+    strategy.name: strategy
+    for strategy in (
+        Strategy(
+            name="feature-extractor",
+            when="small data that looks like ImageNet photos: fastest, trains only a new head",
+            pretrained=True,
+            trains_backbone=False,
+            lr=3e-3,
+        ),
+        Strategy(
+            name="shallow",
+            when="small data unlike ImageNet (scans, drawings, textures): keeps only early, generic layers",
+            pretrained=True,
+            trains_backbone=False,
+            search_cut=True,
+            lr=3e-3,
+        ),
+        Strategy(
+            name="fine-tune",
+            when="plenty of data (hundreds of images per class) that looks like photos: most accurate",
+            pretrained=True,
+            trains_backbone=True,
+            head_warmup=True,
+            freeze_bn_stats=True,
+            lr=3e-4,
+            layer_decay=0.85,
+            image_size=128,
+            epochs=5,
+            warmup_epochs=1,
+        ),
+        Strategy(
+            name="from-scratch",
+            when="lots of data unlike anything pretrained: random start, needs the most data and time",
+            pretrained=False,
+            trains_backbone=True,
+            lr=3e-3,  # random init: a higher rate than fine-tuning
+            image_size=128,
+            epochs=5,
+            patience=None,  # early epochs barely move validation: no early stopping
+        ),
+    )
+}
+
+HEAD_EPOCHS = 200  # upper bound for head training on cached features (early stopping ends it sooner)
+WARMUP_HEAD_EPOCHS = 30  # fine-tune phase 1: enough to give the head a sensible start
+
+
+def get_strategy(name: str) -> Strategy:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise DataError(f"Unknown strategy '{name}'; choose one of: {', '.join(STRATEGIES)}") from None

@@ -1,0 +1,326 @@
+"""The training loops: a linear head on cached features, and a whole network on images.
+
+Both loops read top to bottom in the same stages: setup, then per epoch `# train` (checking the
+stop flag and the time budget every batch), `# evaluate` on validation data, `# keep the best`
+(early stopping restores the best epoch), `# report` through the progress callback.
+
+Head on cached features (feature-extractor, shallow, fine-tune's warm-up): features are
+standardised, a Linear layer trains with AdamW and a cosine schedule, and the standardisation is
+folded back into its weights, so the saved head is a plain timm classifier.
+
+Whole network (fine-tune, from-scratch): timm's layer-decay parameter groups (`layer_decay=0.85`
+on fine-tune: each depth group learns 0.85x as fast as the one above it, so the stem of lite0 gets
+about 1/16 of the head's rate) and timm's cosine scheduler, which is what applies those per-group
+scales; timm's training augmentation; channels-last tensors; class-weighted cross-entropy.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from transfer import Cancelled
+from zoo.model import ModelSpec, center_crop_uint8, count_parameters, normalize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """One report from a running fit, for a progress bar or a live plot."""
+
+    stage: str  # "read" | "features" | "head" | "search" | "train" | "evaluate" | "save"
+    done: int  # units finished in this stage (images, or epochs)
+    total: int  # units in this stage
+    message: str = ""
+    epoch: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # e.g. train_loss, val_loss, val_accuracy
+    eta_seconds: float | None = None  # for this stage
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class Run:
+    """What every loop needs to know about the run around it."""
+
+    progress: ProgressCallback | None = None
+    should_stop: Callable[[], bool] | None = None  # checked every batch: True -> Cancelled
+    deadline: float | None = None  # time.monotonic() by which training must end (time budget)
+    budget_hit: bool = False  # set when a loop stopped early because of the deadline
+
+    def report(self, event: Progress) -> None:
+        if self.progress:
+            self.progress(event)
+
+    def check(self) -> bool:
+        """Raise Cancelled on request; True when the time budget is spent (the caller stops)."""
+        if self.should_stop and self.should_stop():
+            raise Cancelled("cancelled; nothing was saved")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.budget_hit = True
+            return True
+        return False
+
+
+@dataclass
+class HeadConfig:
+    lr: float = 3e-3  # AdamW peak learning rate
+    weight_decay: float = 1e-4  # on standardised features; the head is tiny, little is needed
+    max_epochs: int = 200  # upper bound; early stopping usually ends far sooner
+    patience: int = 25  # epochs without a better validation score before stopping
+    batch_size: int = 256  # features are small: big batches, few steps
+    label_smoothing: float = 0.1
+
+
+@dataclass
+class NetworkConfig:
+    epochs: int = 6  # passes over the training images
+    batch_size: int = 32
+    lr: float = 1e-3  # head's peak LR; other groups scaled by layer_decay
+    layer_decay: float | None = None  # None: one LR for all
+    weight_decay: float = 0.05
+    warmup_epochs: float = 0.0  # linear warm-up, in epochs
+    patience: int = 3  # epochs without improvement before stopping
+    label_smoothing: float = 0.1
+    augment_scale: tuple[float, float] = (0.5, 1.0)  # RandomResizedCrop area range (mild: short runs)
+    hflip: float = 0.5  # probability of a horizontal flip
+    color_jitter: float = 0.2
+    freeze_bn_stats: bool = False  # BatchNorm keeps its pretrained statistics (small-data fine-tuning)
+
+
+def seconds_left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+# --- a linear head on cached features ----------------------------------------------------------------
+
+
+def train_linear_head(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    *,
+    num_classes: int,
+    class_weights: Sequence[float] | None = None,
+    config: HeadConfig | None = None,
+    run: Run | None = None,
+    stage: str = "head",
+) -> tuple[torch.nn.Linear, list[dict[str, Any]]]:
+    """Train Linear(features -> classes); returns it (standardisation folded in) and the history."""
+    from timm.scheduler import create_scheduler_v2
+
+    config, run = config or HeadConfig(), run or Run()
+    # setup: standardise with training statistics, so one learning rate suits every backbone
+    mean = train_x.mean(0)
+    variance = train_x.var(0)
+    # a floor relative to the typical variance: a feature (nearly) constant on the training images
+    # must not be blown up into huge values on new ones
+    std = (variance + 1e-2 * variance.mean() + 1e-8).sqrt()
+    train_z, val_z = (train_x - mean) / std, (val_x - mean) / std
+    head = torch.nn.Linear(train_x.shape[1], num_classes)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_z) / config.batch_size)
+    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=config.max_epochs,
+                                       step_on_epochs=False, updates_per_epoch=steps_per_epoch)
+    weights = torch.as_tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
+    generator = torch.Generator().manual_seed(0)
+    best, best_state, since_best, history = None, None, 0, []
+    step = 0
+    for epoch in range(config.max_epochs):
+        # train
+        head.train()
+        order = torch.randperm(len(train_z), generator=generator)
+        total_loss = 0.0
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start:start + config.batch_size]
+            loss = F.cross_entropy(head(train_z[batch]), train_y[batch], weight=weights,
+                                   label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            scheduler.step_update(step)
+            total_loss += loss.item() * len(batch)
+        # evaluate
+        with torch.inference_mode():
+            head.eval()
+            val_logits = head(val_z)
+            val_loss = F.cross_entropy(val_logits, val_y).item()
+            val_accuracy = (val_logits.argmax(1) == val_y).float().mean().item()
+        record = {"epoch": epoch + 1, "train_loss": total_loss / len(order), "val_loss": val_loss,
+                  "val_accuracy": val_accuracy}
+        history.append(record)
+        # keep the best: higher accuracy, then lower loss
+        score = (val_accuracy, -val_loss)
+        if best is None or score > best:
+            best, best_state, since_best = score, copy.deepcopy(head.state_dict()), 0
+        else:
+            since_best += 1
+        run.report(Progress(stage, epoch + 1, config.max_epochs, epoch=epoch + 1,
+                            metrics={k: v for k, v in record.items() if k != "epoch"}))
+        # termination
+        if since_best >= config.patience or run.check():
+            break
+    head.load_state_dict(best_state)
+    return _fold_standardisation(head, mean, std), history
+
+
+def _fold_standardisation(head: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> torch.nn.Linear:
+    """W((x - m) / s) + b  ==  (W / s) x + (b - (W / s) m): a head that takes raw features."""
+    with torch.no_grad():
+        weight = head.weight / std
+        bias = head.bias - weight @ mean
+        folded = torch.nn.Linear(head.in_features, head.out_features)
+        folded.weight.copy_(weight)
+        folded.bias.copy_(bias)
+    return folded
+
+
+# --- a whole network on images -------------------------------------------------------------------------
+
+
+def train_network(
+    model: torch.nn.Module,
+    train_images: Sequence[Image.Image],
+    train_y: torch.Tensor,
+    val_crops: torch.Tensor,
+    val_y: torch.Tensor,
+    *,
+    spec: ModelSpec,
+    config: NetworkConfig,
+    class_weights: Sequence[float] | None = None,
+    run: Run | None = None,
+) -> list[dict[str, Any]]:
+    """Train every trainable parameter of `model` in place; the best epoch's weights are restored."""
+    from timm.data import create_transform
+
+    run = run or Run()
+    # setup
+    trainable, total = count_parameters(model)
+    log.info("training %s of %s parameters (%.1f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    model.to(memory_format=torch.channels_last)
+    transform = create_transform(
+        input_size=spec.image_size, is_training=True, scale=config.augment_scale, hflip=config.hflip,
+        color_jitter=config.color_jitter,
+        interpolation=spec.interpolation, mean=spec.mean, std=spec.std,
+        use_prefetcher=True,  # -> uint8 tensors; normalised per batch exactly like evaluation
+    )
+    steps_per_epoch = math.ceil(len(train_images) / config.batch_size)
+    optimizer, scheduler = make_optimizer(model, config, steps_per_epoch)
+    weights = torch.as_tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
+    generator = torch.Generator().manual_seed(0)
+    step, total_steps, started = 0, steps_per_epoch * config.epochs, time.monotonic()
+    # the starting point is a candidate too: training must not end worse than the warmed-up head
+    best, best_state, since_best, history = None, None, 0, []
+
+    def evaluate_and_keep(epoch: int, train_loss: float | None) -> None:
+        nonlocal best, best_state, since_best
+        val_logits = predict_logits(model, val_crops, spec)
+        val_loss = F.cross_entropy(val_logits, val_y).item()
+        val_accuracy = (val_logits.argmax(1) == val_y).float().mean().item()
+        record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy,
+                  "seconds": round(time.monotonic() - started, 2)}
+        history.append(record)
+        score = (val_accuracy, -val_loss)  # higher accuracy, then lower loss
+        if best is None or score > best:
+            best, best_state, since_best = score, copy.deepcopy(model.state_dict()), 0
+        else:
+            since_best += 1
+        run.report(Progress("epoch", epoch, config.epochs, epoch=epoch,
+                            metrics={k: v for k, v in record.items() if k in ("train_loss", "val_loss", "val_accuracy") and v is not None}))
+
+    evaluate_and_keep(0, None)
+    for epoch in range(1, config.epochs + 1):
+        # train
+        model.train()
+        if config.freeze_bn_stats:
+            _batchnorm_eval(model)
+        order = torch.randperm(len(train_images), generator=generator).tolist()
+        running_loss, seen, stopped = 0.0, 0, False
+        for start in range(0, len(order), config.batch_size):
+            if run.check():
+                stopped = True
+                break
+            batch = order[start:start + config.batch_size]
+            if len(batch) < 2:  # BatchNorm cannot train on a batch of one
+                continue
+            inputs = normalize(torch.stack([transform(train_images[i]) for i in batch]), spec)
+            loss = F.cross_entropy(model(inputs), train_y[batch], weight=weights,
+                                   label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            scheduler.step_update(step)
+            running_loss += loss.item() * len(batch)
+            seen += len(batch)
+            elapsed = time.monotonic() - started
+            run.report(Progress("train", step, total_steps, epoch=epoch,
+                                metrics={"train_loss": running_loss / seen},
+                                eta_seconds=elapsed / step * (total_steps - step)))
+        if seen == 0:
+            break
+        # evaluate, keep the best
+        evaluate_and_keep(epoch, running_loss / seen)
+        # termination
+        if stopped or since_best >= config.patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return history
+
+
+def make_optimizer(model: torch.nn.Module, config: NetworkConfig, steps_per_epoch: int):
+    """AdamW over timm's layer-decay parameter groups, and timm's cosine schedule stepped per batch.
+
+    The scheduler must be timm's: it is what multiplies each group's rate by its `lr_scale`
+    (a torch scheduler would silently train every layer at the head's rate).
+    """
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=config.lr, weight_decay=config.weight_decay,
+                                    layer_decay=config.layer_decay)
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched="cosine", num_epochs=config.epochs, min_lr=config.lr * 0.01,
+        warmup_epochs=math.ceil(config.warmup_epochs), warmup_lr=config.lr * 0.1,
+        step_on_epochs=False, updates_per_epoch=steps_per_epoch,
+    )
+    return optimizer, scheduler
+
+
+def _batchnorm_eval(model: torch.nn.Module) -> None:
+    """Normalise with the pretrained running statistics while training (their affine terms still
+    learn). With small batches of a new domain, batch statistics differ wildly from the running
+    ones the head was warmed up with, and the model trained in one regime is evaluated in another."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, crops: torch.Tensor, spec: ModelSpec, batch_size: int = 64) -> torch.Tensor:
+    """Logits for uint8 NCHW crops, in evaluation mode."""
+    model.eval()
+    outputs = [model(normalize(crops[i:i + batch_size], spec)) for i in range(0, len(crops), batch_size)]
+    return torch.cat(outputs) if outputs else torch.empty(0, spec.num_classes)
+
+
+def eval_crops(images: Sequence[Image.Image], spec: ModelSpec) -> torch.Tensor:
+    """Centre crops of already-resized images, as one uint8 NCHW tensor."""
+    if not images:
+        return torch.empty(0, 3, spec.image_size, spec.image_size, dtype=torch.uint8)
+    return torch.stack([center_crop_uint8(image, spec) for image in images])
