@@ -1,0 +1,66 @@
+"""Shared fixtures: one zoo (so bundled weights convert once and features cache once), real data.
+
+Nothing here touches the network: HF_HUB_OFFLINE and gradio's analytics are switched off first.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "assets"
+
+
+@pytest.fixture(scope="session")
+def zoo_path(tmp_path_factory) -> Path:
+    """The session's zoo. Tests that need an empty zoo make their own."""
+    return tmp_path_factory.mktemp("zoo")
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> Path:
+    """scikit-learn's 1,797 handwritten digits as an image folder: digits/<0-9>/<n>.png (8x8, grey)."""
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("data") / "digits"
+    digits = load_digits()
+    for index, (pixels, label) in enumerate(zip(digits.images, digits.target)):
+        folder = root / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.round(pixels * 255 / 16).astype(np.uint8), "L").save(folder / f"{index:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits_small(digits_dir, tmp_path_factory) -> Path:
+    """40 digits per class (400 images): enough to train a network for a few epochs quickly."""
+    root = tmp_path_factory.mktemp("data") / "digits-small"
+    for folder in sorted(digits_dir.iterdir()):
+        (root / folder.name).mkdir(parents=True)
+        for image in sorted(folder.iterdir())[:40]:
+            shutil.copy(image, root / folder.name / image.name)
+    return root
+
+
+def run_python(code: str, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `code` in a FRESH Python process (nothing cached from this one)."""
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m ...` exactly as a user types it."""
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT, env={**os.environ, **(env or {})})
