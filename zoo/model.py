@@ -9,6 +9,12 @@ expects), so a saved model is rebuilt from its spec alone, with no reference to 
 
 Image-only models are plain timm models (cut ones are pruned with timm's own
 `prune_intermediate_layers`), so the uncut ones also load with `timm.create_model("local-dir:...")`.
+
+Image+text models (`spec.text` set) are `ImageTextClassifier`s: late fusion of the backbone's pooled
+image features and a sentence's features, each projected to `fusion_dim`, concatenated and
+classified by a small MLP. Either input may be missing (a learned "absent" vector stands in), which
+training rehearses with modality dropout, so such a model still answers from the image alone or
+the text alone.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ class ModelSpec:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     crop_pct: float = 0.875  # resize the shorter side to image_size / crop_pct, then centre-crop
     interpolation: str = "bicubic"
-    text: dict[str, Any] | None = None  # text branch (image+text models); None: image only
+    text: dict[str, Any] | None = None  # image+text models: {"encoder", "dim", "fusion_dim", "hidden_dim"}; None: image only
 
     @property
     def num_classes(self) -> int:
@@ -94,12 +100,70 @@ class ModelSpec:
 
 def build_model(spec: ModelSpec, weights: Weights | None = None) -> torch.nn.Module:
     """The classifier for `spec`: pretrained from `weights` with a new head, or random (weights=None)."""
-    if spec.text is not None:
-        raise ZooError("image+text models need the text branch, which this version cannot build")
     weights = weights or random_weights(spec.architecture)
-    model = create_backbone(weights, num_classes=spec.num_classes, cut_stage=spec.cut_stage)
-    model.pretrained_cfg = {**model.pretrained_cfg, **spec.data_config(), "num_classes": spec.num_classes}
-    return model
+    num_classes = 0 if spec.text is not None else spec.num_classes  # 0: the backbone returns features
+    model = create_backbone(weights, num_classes=num_classes, cut_stage=spec.cut_stage)
+    model.pretrained_cfg = {**model.pretrained_cfg, **spec.data_config(), "num_classes": num_classes}
+    if spec.text is None:
+        return model
+    return ImageTextClassifier(model, image_dim=model.num_features, num_classes=spec.num_classes, **spec.text)
+
+
+def text_settings(encoder: str, *, fusion_dim: int = 128, hidden_dim: int = 256) -> dict[str, Any]:
+    """The `spec.text` of an image+text model using `encoder`."""
+    from zoo.text import text_dim
+
+    return {"encoder": encoder, "dim": text_dim(encoder), "fusion_dim": fusion_dim, "hidden_dim": hidden_dim}
+
+
+class ImageTextClassifier(torch.nn.Module):
+    """Late fusion: [project(image features) ; project(text features)] -> MLP -> class logits."""
+
+    def __init__(self, image_model: torch.nn.Module, *, image_dim: int, num_classes: int, encoder: str,
+                 dim: int, fusion_dim: int = 128, hidden_dim: int = 256, dropout: float = 0.2):
+        from zoo.text import HashingEncoder
+
+        super().__init__()
+        self.image = image_model  # a timm backbone without classifier: images -> pooled features
+        self.text = HashingEncoder(dim=dim) if encoder == "hashing" else None  # frozen encoders run outside
+        self.image_proj = torch.nn.Sequential(torch.nn.LayerNorm(image_dim), torch.nn.Linear(image_dim, fusion_dim),
+                                              torch.nn.GELU())
+        self.text_proj = torch.nn.Sequential(torch.nn.LayerNorm(dim), torch.nn.Linear(dim, fusion_dim),
+                                             torch.nn.GELU())
+        self.absent_image = torch.nn.Parameter(torch.zeros(fusion_dim))
+        self.absent_text = torch.nn.Parameter(torch.zeros(fusion_dim))
+        self.head = torch.nn.Sequential(
+            torch.nn.Dropout(dropout), torch.nn.Linear(2 * fusion_dim, hidden_dim), torch.nn.GELU(),
+            torch.nn.Dropout(dropout), torch.nn.Linear(hidden_dim, num_classes),
+        )
+        self.num_classes = num_classes
+
+    def encode_text(self, text) -> torch.Tensor:
+        """`zoo.text.TextInputs` -> (N, dim) text features."""
+        return self.text(text) if self.text is not None else text.features
+
+    def fuse(self, image_features: torch.Tensor | None, text_features: torch.Tensor | None,
+             image_present: torch.Tensor, text_present: torch.Tensor) -> torch.Tensor:
+        """Logits from features; rows whose modality is absent use the learned absent vector."""
+        batch = len(image_present)
+        image = self.absent_image.expand(batch, -1)
+        if image_features is not None:
+            image = torch.where(image_present[:, None], self.image_proj(image_features), image)
+        text = self.absent_text.expand(batch, -1)
+        if text_features is not None:
+            text = torch.where(text_present[:, None], self.text_proj(text_features), text)
+        return self.head(torch.cat([image, text], dim=1))
+
+    def forward(self, images: torch.Tensor | None, text=None, image_present: torch.Tensor | None = None) -> torch.Tensor:
+        """images: normalised (N, 3, H, W) or None; text: `zoo.text.TextInputs` or None;
+        image_present: (N,) bool, to treat some images as absent (modality dropout)."""
+        batch = len(images) if images is not None else len(text)
+        image_features = self.image(images) if images is not None else None
+        if image_present is None:
+            image_present = torch.full((batch,), images is not None, dtype=torch.bool)
+        text_features = self.encode_text(text) if text is not None else None
+        text_present = text.present if text is not None else torch.zeros(batch, dtype=torch.bool)
+        return self.fuse(image_features, text_features, image_present, text_present)
 
 
 # --- input: the same pixels for training and prediction ------------------------------------------
