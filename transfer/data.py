@@ -16,6 +16,7 @@ the pixels are decoded once, by the fit (`decode_images`), which reports any fil
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
 import zipfile
@@ -66,6 +67,11 @@ class Dataset:
     split_from: str = "stratified"  # "folders" when the data had its own train/val folders
     prefix: str = ""  # the wrapping folder inside a zip/folder, if any ("" for none)
     limits: Limits = field(default_factory=Limits)
+    text_report: dict = field(default_factory=dict)  # image+text data: what matched, what did not
+
+    @property
+    def has_text(self) -> bool:
+        return any(sample.text for split in self.splits().values() for sample in split)
 
     @property
     def name(self) -> str:
@@ -96,6 +102,14 @@ class Dataset:
         total, k = len(self.train), len(self.classes)
         return [total / (k * tally[i]) if tally[i] else 0.0 for i in range(k)]
 
+    def read_file(self, relpath: str) -> bytes:
+        """One file of the dataset (path relative to the zip/folder root), within the limits."""
+        budget = _ReadBudget(self.limits)
+        if self.is_zip:
+            with zipfile.ZipFile(self.source) as archive:
+                return budget.read_member(archive, archive.getinfo(relpath), relpath)
+        return budget.read_file(self.source / relpath, relpath)
+
     def read_bytes(self, samples: Sequence[Sample]) -> Iterator[tuple[Sample, bytes]]:
         """Each sample's file content, with the upload limits enforced on what is actually read."""
         budget = _ReadBudget(self.limits)
@@ -121,6 +135,8 @@ class Dataset:
             "split_from": self.split_from,
             "skipped": [{"file": file, "reason": reason} for file, reason in self.skipped],
             "warnings": self.warnings,
+            "has_text": self.has_text,
+            "text_report": self.text_report,
         }
 
 
@@ -140,6 +156,8 @@ def load_dataset(
         raise DataError(f"{source.name} is not a folder or a zip file")
     listing, folders = _list_zip(source, limits) if source.is_file() else _list_folder(source, limits)
     files, skipped = [], []
+    metadata = [path for path in listing if PurePosixPath(path).name in METADATA_NAMES
+                and not any(part.startswith(".") or part in JUNK_NAMES for part in PurePosixPath(path).parts)]
     for path in listing:
         reason = _junk_or_reason(path)
         if reason == "junk":
@@ -155,6 +173,8 @@ def load_dataset(
     dataset = _assign(source, files, skipped, folders, prefix, val_fraction, seed, limits)
     _check_headers(dataset)
     _validate(dataset)
+    if metadata:
+        _attach_texts(dataset, metadata)
     return dataset
 
 
@@ -226,6 +246,96 @@ def drop_failed(dataset: Dataset, errors: dict[str, str]) -> None:
     dataset.val = [s for s in dataset.val if s.relpath not in errors]
     dataset.test = [s for s in dataset.test if s.relpath not in errors]
     _validate(dataset)
+
+
+# --- captions (the Hugging Face imagefolder convention) --------------------------------------------
+
+
+def _attach_texts(dataset: Dataset, metadata_files: list[str]) -> None:
+    """Give samples the `text` of metadata.jsonl/.csv rows (`file_name`, `text`), and report mismatches.
+
+    A metadata file describes the files under its own folder; `file_name` is relative to it (so
+    `train/metadata.jsonl` names `cat/1.jpg`, and a top-level one names `train/cat/1.jpg`).
+    """
+    texts: dict[str, str] = {}
+    missing_files, bad_rows = [], []
+    samples = {s.relpath for split in dataset.splits().values() for s in split}
+    skipped = {file for file, _ in dataset.skipped}
+    for meta_path in metadata_files:
+        folder = PurePosixPath(meta_path).parent
+        try:
+            rows = _metadata_rows(dataset.read_file(meta_path).decode("utf-8-sig"), meta_path)
+        except (UnicodeDecodeError, DataError) as error:
+            dataset.warnings.append(f"{meta_path}: ignored ({error})")
+            continue
+        for number, row in rows:
+            name, text = row.get("file_name"), row.get("text")
+            if not isinstance(name, str) or not name.strip():
+                bad_rows.append(f"{meta_path} row {number}: no file_name")
+                continue
+            full = _normalise(str(folder / name.strip()) if str(folder) != "." else name.strip())
+            relpath = full[len(dataset.prefix):] if full.startswith(dataset.prefix) else full
+            if relpath in samples:
+                if isinstance(text, str) and text.strip():
+                    texts[relpath] = text.strip()
+            elif relpath in skipped:
+                bad_rows.append(f"{meta_path} row {number}: text for {relpath}, which is not a usable image")
+            else:
+                missing_files.append(relpath)
+    without_text = sorted(relpath for relpath in samples if relpath not in texts)
+
+    def attach(split: list[Sample]) -> list[Sample]:
+        return [Sample(s.relpath, s.label, texts.get(s.relpath)) for s in split]
+
+    dataset.train, dataset.val, dataset.test = attach(dataset.train), attach(dataset.val), attach(dataset.test)
+    dataset.text_report = {
+        "images_with_text": len(samples) - len(without_text),
+        "images_without_text": without_text[:50],
+        "num_images_without_text": len(without_text),
+        "rows_naming_missing_files": missing_files[:50],
+        "num_rows_naming_missing_files": len(missing_files),
+        "texts_without_image": bad_rows[:50],
+    }
+    if texts and without_text:
+        dataset.warnings.append(f"{len(without_text)} image(s) have no text (e.g. {without_text[0]}); "
+                                "the model learns to answer from the image alone for them")
+    if missing_files:
+        dataset.warnings.append(f"{len(missing_files)} metadata row(s) name files that do not exist "
+                                f"(e.g. {missing_files[0]})")
+    if bad_rows:
+        dataset.warnings.append(f"{len(bad_rows)} metadata row(s) unusable (e.g. {bad_rows[0]})")
+
+
+def _metadata_rows(content: str, name: str) -> list[tuple[int, dict]]:
+    import csv
+    import json
+
+    if name.endswith(".csv"):
+        reader = csv.DictReader(io.StringIO(content))
+        if not reader.fieldnames or "file_name" not in reader.fieldnames:
+            raise DataError("a metadata.csv needs a header row with 'file_name' and 'text' columns")
+        return [(number, row) for number, row in enumerate(reader, start=2)]
+    rows = []
+    for number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise DataError(f"line {number} is not JSON") from None
+        rows.append((number, row if isinstance(row, dict) else {}))
+    return rows
+
+
+def _normalise(path: str) -> str:
+    parts: list[str] = []
+    for part in PurePosixPath(path.replace("\\", "/")).parts:
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part not in (".", "/"):
+            parts.append(part)
+    return "/".join(parts)
 
 
 # --- scanning ----------------------------------------------------------------------------------------
