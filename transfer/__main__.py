@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--name", help="model name in the zoo (default: DATA-STRATEGY-TIMESTAMP)")
     fit.add_argument("--zoo", help="zoo folder (default: $ZOO_DIR or ~/.local/share/transfer-zoo)")
     fit.add_argument("--overwrite", action="store_true", help="replace a model of the same name")
+    fit.add_argument("--text-encoder", metavar="minilm|hashing|NAME|none",
+                     help="for data with a metadata.jsonl/csv of texts: minilm (default, bundled), hashing, "
+                          "a sentence-transformers model name (online), or none to ignore the texts")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -68,7 +71,7 @@ def _fit(args: argparse.Namespace) -> int:
             args.data, backbone=args.backbone, strategy=args.strategy, name=args.name, zoo=args.zoo,
             epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
             max_seconds=args.max_seconds, overwrite=args.overwrite, seed=args.seed,
-            progress=bar,
+            text_encoder=args.text_encoder, progress=bar,
         )
     finally:
         if bar:

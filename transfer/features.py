@@ -133,3 +133,45 @@ def _enforce_cap(directory: Path) -> None:
         if total > CACHE_CAP_BYTES and path is not files[0]:
             path.unlink(missing_ok=True)
             log.info("feature cache over %d MB: evicted %s", CACHE_CAP_BYTES >> 20, path.name)
+
+
+def cached_text_inputs(encoder: str, texts: list[str | None], *, zoo: str | Path | None = None):
+    """`zoo.text.TextInputs` for `texts`; frozen encoders' embeddings come from (and fill) the cache.
+
+    The sentence encoder runs at most once per distinct text and encoder, across fits.
+    """
+    from zoo.text import is_frozen, prepare_texts
+
+    if not is_frozen(encoder):
+        return prepare_texts(encoder, texts)
+
+    def embed(name: str, wanted: list[str]) -> torch.Tensor:
+        hashes = [hashlib.sha1(text.encode()).hexdigest() for text in wanted]
+        key = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "text_encoder": name}).encode())
+        for content_hash in sorted(set(hashes)):
+            key.update(content_hash.encode())
+        path = _cache_dir(zoo) / f"text-{key.hexdigest()[:32]}.safetensors"
+        if path.is_file():
+            try:
+                with safetensors.safe_open(str(path), framework="pt") as handle:
+                    stored = json.loads((handle.metadata() or {})["hashes"])
+                    vectors = handle.get_tensor("embeddings")
+                row_of = {h: row for row, h in enumerate(stored)}
+                os.utime(path)
+                return vectors[[row_of[h] for h in hashes]]
+            except (OSError, KeyError, ValueError) as error:
+                log.warning("ignoring unreadable text cache %s (%s)", path.name, error)
+        from zoo.text import embed_texts
+
+        unique = list(dict.fromkeys(zip(hashes, wanted)))
+        vectors = embed_texts(name, [text for _, text in unique])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        safetensors.torch.save_file({"embeddings": vectors.contiguous()}, str(temporary),
+                                    metadata={"hashes": json.dumps([h for h, _ in unique])})
+        os.replace(temporary, path)
+        _enforce_cap(path.parent)
+        row_of = {h: row for row, (h, _) in enumerate(unique)}
+        return vectors[[row_of[h] for h in hashes]]
+
+    return prepare_texts(encoder, texts, embed=embed)

@@ -24,7 +24,7 @@ import torch
 
 from transfer import DataError
 from transfer.data import Dataset, content_hashes, decode_images, drop_failed, load_dataset
-from transfer.features import Features, cache_key, extract_features, load_cached, store_cached
+from transfer.features import Features, cache_key, cached_text_inputs, extract_features, load_cached, store_cached
 from transfer.metrics import classification_metrics
 from transfer.strategies import HEAD_EPOCHS, WARMUP_HEAD_EPOCHS, Strategy, get_strategy
 from transfer.train import (
@@ -35,11 +35,13 @@ from transfer.train import (
     Run,
     eval_crops,
     predict_logits,
+    train_fusion_head,
     train_linear_head,
     train_network,
 )
 from zoo import ZooError
-from zoo.model import ModelSpec, count_parameters
+from zoo.model import ImageTextClassifier, ModelSpec, count_parameters, text_settings
+from zoo.text import DEFAULT_ENCODER as DEFAULT_TEXT_ENCODER
 from zoo.store import save_model, validate_name
 from zoo.weights import DEFAULT_BACKBONE, Weights, create_backbone, package_version, random_weights, resolve_weights
 
@@ -68,6 +70,7 @@ class FitResult:
     total_parameters: int = 0
     image_size: int = 0
     details: dict[str, Any] = field(default_factory=dict)  # e.g. the shallow cut search
+    ablation: dict[str, float] | None = None  # image+text: validation accuracy per input combination
     stopped_by_budget: bool = False
     model: torch.nn.Module | None = field(default=None, repr=False, compare=False)  # as saved
 
@@ -94,6 +97,7 @@ def fit(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    text_encoder: str | None = None,
     extra_info: dict[str, Any] | None = None,
 ) -> FitResult:
     """Fine-tune `backbone` on `data` under `strategy` and save the model in the zoo.
@@ -103,6 +107,9 @@ def fit(
     max_seconds: time budget for the whole fit; training stops early (keeping its best epoch) to
         stay within it. should_stop: polled every batch; when it returns True the fit raises
         `transfer.Cancelled` and saves nothing.
+    text_encoder: for data with a sentence per image (metadata.jsonl/csv): "minilm" (the default
+        when the data has text), "hashing", a sentence-transformers model name, or "none" to
+        ignore the text. The model then fuses image and text and still answers from either alone.
     """
     started = time.monotonic()
     plan = get_strategy(strategy)
@@ -118,6 +125,9 @@ def fit(
     if not 16 <= size <= 1024:
         raise DataError(f"image size {size} px is out of range; use 16-1024 (for example 224)")
     spec = ModelSpec.for_weights(weights, dataset.classes, image_size=size)
+    encoder = _text_encoder_for(dataset, text_encoder)
+    if encoder:
+        spec.text = text_settings(encoder)
     torch.manual_seed(seed)
     run.report(Progress("start", 0, 1, message=f"{plan.name} on {len(dataset.train)} training images"))
 
@@ -145,6 +155,8 @@ def fit(
         "val_metrics": {k: val_metrics[k] for k in ("accuracy", "macro_f1")},
         "history": outcome.history,
         "details": outcome.details,
+        "ablation": outcome.ablation,
+        "text": {"encoder": encoder, "report": dataset.text_report} if encoder else None,
         "parameters": {"trainable": trainable, "total": total},
         "stopped_by_budget": run.budget_hit,
         "settings": {"image_size": spec.image_size, "epochs": outcome.epochs, "batch_size": batch_size,
@@ -163,7 +175,7 @@ def fit(
         metrics=metrics, metrics_split=split, train_seconds=train_seconds, history=outcome.history,
         skipped=list(dataset.skipped), warnings=list(dataset.warnings), trainable_parameters=trainable,
         total_parameters=total, image_size=spec.image_size, details=outcome.details,
-        stopped_by_budget=run.budget_hit, model=model,
+        ablation=outcome.ablation, stopped_by_budget=run.budget_hit, model=model,
     )
 
 
@@ -176,6 +188,7 @@ class _Outcome:
     data_fingerprint: str
     details: dict[str, Any] = field(default_factory=dict)
     parameters: tuple[int, int] | None = None  # (trainable, total) when the model itself does not say
+    ablation: dict[str, float] | None = None
 
 
 # --- frozen strategies: a head on cached features -----------------------------------------------------
@@ -218,9 +231,11 @@ def _fit_frozen(dataset, weights, spec, plan: Strategy, epochs, batch_size, zoo,
         spec.cut_stage = cut
         select = lambda f: f.stages[cut]  # noqa: E731
     else:
-        head, history = probe(lambda f: f.final, "head")
+        head, history = probe(lambda f: f.final, "head") if spec.text is None else (None, [])
         model.reset_classifier(spec.num_classes)
         select = lambda f: f.final  # noqa: E731
+    if spec.text is not None:
+        return _fuse_on_cached(dataset, model, spec, features, labels, select, fingerprint, details, epochs, zoo, run)
     model.get_classifier().load_state_dict(head.state_dict())
     model.pretrained_cfg = {**model.pretrained_cfg, **spec.data_config(), "num_classes": spec.num_classes}
     with torch.inference_mode():
@@ -230,6 +245,71 @@ def _fit_frozen(dataset, weights, spec, plan: Strategy, epochs, batch_size, zoo,
     log.info("training %s of %s parameters (%.2f%%): the new head", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     return model, spec, _Outcome(logits, labels, history, len(history), fingerprint, details,
                                  parameters=(trainable, total))
+
+
+def _fuse_on_cached(dataset, backbone, spec, features, labels, select, fingerprint, details, epochs, zoo, run: Run):
+    """Image+text on a frozen backbone: the fusion layers train on cached image and text features."""
+    backbone.reset_classifier(0)
+    model = ImageTextClassifier(backbone, image_dim=backbone.num_features, num_classes=spec.num_classes, **spec.text)
+    text = _split_texts(dataset, spec.text["encoder"], zoo, run)
+    history = train_fusion_head(
+        model, select(features["train"]), text["train"], torch.tensor(labels["train"]), select(features["val"]),
+        text["val"], torch.tensor(labels["val"]), class_weights=dataset.class_weights(),
+        config=HeadConfig(lr=1e-3, max_epochs=epochs or HEAD_EPOCHS), run=run, stage="fusion head",
+    )
+
+    def logits_for(split: str, image: bool = True, with_text: bool = True) -> torch.Tensor:
+        inputs = text[split] if with_text else text[split].without_text()
+        present = torch.full((len(labels[split]),), image, dtype=torch.bool)
+        with torch.inference_mode():
+            return model.fuse(select(features[split]), model.encode_text(inputs), present, inputs.present)
+
+    logits = {split: logits_for(split) for split in ("train", "val", "test")}
+    ablation = _ablation(lambda image, with_text: logits_for("val", image, with_text), labels["val"])
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("image."))
+    log.info("training %s of %s parameters (%.2f%%): the fusion layers", f"{trainable:,}", f"{total:,}",
+             100 * trainable / total)
+    return model, spec, _Outcome(logits, labels, history, len(history), fingerprint, details,
+                                 parameters=(trainable, total), ablation=ablation)
+
+
+def _split_texts(dataset: Dataset, encoder: str, zoo, run: Run) -> dict[str, Any]:
+    """{split: TextInputs} aligned with the dataset's (final) splits; frozen encoders use the cache."""
+    run.report(Progress("text", 0, 1, message=f"encoding texts ({encoder})"))
+    samples = dataset.train + dataset.val + dataset.test
+    inputs = cached_text_inputs(encoder, [sample.text for sample in samples], zoo=zoo)
+    per_split, row = {}, 0
+    for split, members in dataset.splits().items():
+        per_split[split] = inputs.select(range(row, row + len(members)))
+        row += len(members)
+    run.report(Progress("text", 1, 1, message="texts encoded"))
+    return per_split
+
+
+def _ablation(logits_for: Callable[[bool, bool], torch.Tensor], labels: list[int]) -> dict[str, float]:
+    """Validation accuracy from the image alone, the text alone, and both."""
+    truth = torch.tensor(labels)
+
+    def accuracy(image: bool, with_text: bool) -> float:
+        return round((logits_for(image, with_text).argmax(1) == truth).float().mean().item(), 4)
+
+    return {"image_only": accuracy(True, False), "text_only": accuracy(False, True),
+            "image_and_text": accuracy(True, True)}
+
+
+def _text_encoder_for(dataset: Dataset, requested: str | None) -> str | None:
+    """The text encoder this fit uses: None when the data has no text or text is switched off."""
+    if requested == "none":
+        return None
+    if not dataset.has_text:
+        if requested:
+            raise DataError(
+                f"--text-encoder {requested} was given but {dataset.source.name} has no texts: add a "
+                "metadata.jsonl (or .csv) beside the images with 'file_name' and 'text' columns"
+            )
+        return None
+    return requested or DEFAULT_TEXT_ENCODER
 
 
 def _cached_features(dataset: Dataset, model, weights: Weights, spec: ModelSpec, batch_size, zoo, run: Run,
@@ -307,20 +387,34 @@ def _fit_network(dataset, weights, spec, plan: Strategy, epochs, batch_size, zoo
         labels[split] = [sample.label for sample in members]
         row += len(members)
 
-    model = create_backbone(weights, num_classes=spec.num_classes)
+    backbone = create_backbone(weights, num_classes=spec.num_classes)
+    model, text = backbone, None
+    if spec.text is not None:
+        backbone.reset_classifier(0)
+        model = ImageTextClassifier(backbone, image_dim=backbone.num_features, num_classes=spec.num_classes,
+                                    **spec.text)
+        text = _split_texts(dataset, spec.text["encoder"], zoo, run)
     history: list[dict[str, Any]] = []
     fingerprint = cache_key(weights.fingerprint, spec, hashes)
     if plan.head_warmup:
         # phase 1: the head learns on the frozen backbone's features (one cached pass), so that a
         # random head does not push the pretrained layers around at the start of phase 2
-        features, _, fingerprint = _cached_features(dataset, model, weights, spec, batch_size, zoo, run,
+        features, _, fingerprint = _cached_features(dataset, backbone, weights, spec, batch_size, zoo, run,
                                                     decoded=(images, hashes))
-        head, warmup = train_linear_head(
-            features["train"].final, torch.tensor(labels["train"]), features["val"].final,
-            torch.tensor(labels["val"]), num_classes=spec.num_classes, class_weights=dataset.class_weights(),
-            config=HeadConfig(lr=3e-3, max_epochs=WARMUP_HEAD_EPOCHS), run=run, stage="warm-up",
-        )
-        model.get_classifier().load_state_dict(head.state_dict())
+        warmup_config = HeadConfig(lr=3e-3 if text is None else 1e-3, max_epochs=WARMUP_HEAD_EPOCHS)
+        if text is None:
+            head, warmup = train_linear_head(
+                features["train"].final, torch.tensor(labels["train"]), features["val"].final,
+                torch.tensor(labels["val"]), num_classes=spec.num_classes, class_weights=dataset.class_weights(),
+                config=warmup_config, run=run, stage="warm-up",
+            )
+            model.get_classifier().load_state_dict(head.state_dict())
+        else:
+            warmup = train_fusion_head(
+                model, features["train"].final, text["train"], torch.tensor(labels["train"]),
+                features["val"].final, text["val"], torch.tensor(labels["val"]),
+                class_weights=dataset.class_weights(), config=warmup_config, run=run, stage="warm-up",
+            )
         history += [{**record, "phase": "warm-up"} for record in warmup]
     # phase 2 (from-scratch: the only phase): every layer trains
     for parameter in model.parameters():
@@ -333,12 +427,22 @@ def _fit_network(dataset, weights, spec, plan: Strategy, epochs, batch_size, zoo
     history += [{**record, "phase": "train"} for record in train_network(
         model, split_images["train"], torch.tensor(labels["train"]), val_crops, torch.tensor(labels["val"]),
         spec=spec, config=config, class_weights=dataset.class_weights(), run=run,
+        train_text=text["train"] if text else None, val_text=text["val"] if text else None,
     )]
     run.report(Progress("evaluate", 0, 1, message="evaluating"))
-    logits = {"val": predict_logits(model, val_crops, spec),
-              "test": predict_logits(model, eval_crops(split_images["test"], spec), spec)}
+    test_crops = eval_crops(split_images["test"], spec)
+    logits = {"val": predict_logits(model, val_crops, spec, text=text["val"] if text else None),
+              "test": predict_logits(model, test_crops, spec, text=text["test"] if text else None)}
+    ablation = None
+    if text is not None:
+        ablation = _ablation(
+            lambda image, with_text: predict_logits(
+                model, val_crops if image else None, spec,
+                text=text["val"] if with_text else text["val"].without_text()),
+            labels["val"],
+        )
     details = {"lr": plan.lr, "layer_decay": plan.layer_decay}
-    return model, spec, _Outcome(logits, labels, history, config.epochs, fingerprint, details)
+    return model, spec, _Outcome(logits, labels, history, config.epochs, fingerprint, details, ablation=ablation)
 
 
 # --- helpers -----------------------------------------------------------------------------------------------

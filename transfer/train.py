@@ -99,8 +99,19 @@ class NetworkConfig:
     freeze_bn_stats: bool = False  # BatchNorm keeps its pretrained statistics (small-data fine-tuning)
 
 
-def seconds_left(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
+MODALITY_DROPOUT = 0.3  # image+text training: share of samples that lose one of the two inputs
+
+
+def drop_modalities(text, generator: torch.Generator, rate: float = MODALITY_DROPOUT):
+    """Randomly hide the image OR the text of `rate` of the samples (never both).
+
+    Returns (image_present mask, text with some texts marked absent), so the model learns to
+    answer from either input alone."""
+    draw = torch.rand(len(text), generator=generator)
+    image_present = draw >= rate / 2  # the lower half of the dropped share loses its image
+    text_kept = text.select(range(len(text)))
+    text_kept.present = text.present & ~((draw >= rate / 2) & (draw < rate))
+    return image_present, text_kept
 
 
 # --- a linear head on cached features ----------------------------------------------------------------
@@ -202,8 +213,13 @@ def train_network(
     config: NetworkConfig,
     class_weights: Sequence[float] | None = None,
     run: Run | None = None,
+    train_text=None,
+    val_text=None,
 ) -> list[dict[str, Any]]:
-    """Train every trainable parameter of `model` in place; the best epoch's weights are restored."""
+    """Train every trainable parameter of `model` in place; the best epoch's weights are restored.
+
+    train_text / val_text: `zoo.text.TextInputs` aligned with the images, for image+text models
+    (trained with modality dropout)."""
     from timm.data import create_transform
 
     run = run or Run()
@@ -227,7 +243,7 @@ def train_network(
 
     def evaluate_and_keep(epoch: int, train_loss: float | None) -> None:
         nonlocal best, best_state, since_best
-        val_logits = predict_logits(model, val_crops, spec)
+        val_logits = predict_logits(model, val_crops, spec, text=val_text)
         val_loss = F.cross_entropy(val_logits, val_y).item()
         val_accuracy = (val_logits.argmax(1) == val_y).float().mean().item()
         record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy,
@@ -257,8 +273,12 @@ def train_network(
             if len(batch) < 2:  # BatchNorm cannot train on a batch of one
                 continue
             inputs = normalize(torch.stack([transform(train_images[i]) for i in batch]), spec)
-            loss = F.cross_entropy(model(inputs), train_y[batch], weight=weights,
-                                   label_smoothing=config.label_smoothing)
+            if train_text is None:
+                logits = model(inputs)
+            else:
+                image_present, text = drop_modalities(train_text.select(batch), generator)
+                logits = model(inputs, text, image_present=image_present)
+            loss = F.cross_entropy(logits, train_y[batch], weight=weights, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -292,14 +312,31 @@ def make_optimizer(model: torch.nn.Module, config: NetworkConfig, steps_per_epoc
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
 
+    group_fn = _fusion_layer_decay_groups(config) if config.layer_decay and hasattr(model, "fuse") else None
     optimizer = create_optimizer_v2(model, opt="adamw", lr=config.lr, weight_decay=config.weight_decay,
-                                    layer_decay=config.layer_decay)
+                                    layer_decay=config.layer_decay, param_group_fn=group_fn)
     scheduler, _ = create_scheduler_v2(
         optimizer, sched="cosine", num_epochs=config.epochs, min_lr=config.lr * 0.01,
         warmup_epochs=math.ceil(config.warmup_epochs), warmup_lr=config.lr * 0.1,
         step_on_epochs=False, updates_per_epoch=steps_per_epoch,
     )
     return optimizer, scheduler
+
+
+def _fusion_layer_decay_groups(config: NetworkConfig):
+    """Image+text models: timm's layer-decay groups for the backbone, full rate for the fusion layers."""
+    from timm.optim._param_groups import param_groups_layer_decay
+
+    def groups(model: torch.nn.Module) -> list[dict[str, Any]]:
+        backbone = param_groups_layer_decay(model.image, weight_decay=config.weight_decay,
+                                            layer_decay=config.layer_decay)
+        fusion = [p for name, p in model.named_parameters() if not name.startswith("image.") and p.requires_grad]
+        return backbone + [
+            {"params": [p for p in fusion if p.ndim > 1], "weight_decay": config.weight_decay, "lr_scale": 1.0},
+            {"params": [p for p in fusion if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": 1.0},
+        ]
+
+    return groups
 
 
 def _batchnorm_eval(model: torch.nn.Module) -> None:
@@ -312,11 +349,96 @@ def _batchnorm_eval(model: torch.nn.Module) -> None:
 
 
 @torch.inference_mode()
-def predict_logits(model: torch.nn.Module, crops: torch.Tensor, spec: ModelSpec, batch_size: int = 64) -> torch.Tensor:
-    """Logits for uint8 NCHW crops, in evaluation mode."""
+def predict_logits(model: torch.nn.Module, crops: torch.Tensor | None, spec: ModelSpec, batch_size: int = 64,
+                   text=None) -> torch.Tensor:
+    """Logits for uint8 NCHW crops (and their texts, for image+text models), in evaluation mode.
+
+    crops=None with text given: text-only predictions."""
     model.eval()
-    outputs = [model(normalize(crops[i:i + batch_size], spec)) for i in range(0, len(crops), batch_size)]
+    count = len(crops) if crops is not None else len(text)
+    outputs = []
+    for i in range(0, count, batch_size):
+        rows = range(i, min(i + batch_size, count))
+        images = normalize(crops[i:i + batch_size], spec) if crops is not None else None
+        outputs.append(model(images) if text is None else model(images, text.select(rows)))
     return torch.cat(outputs) if outputs else torch.empty(0, spec.num_classes)
+
+
+# --- an image+text head on cached features --------------------------------------------------------------
+
+
+def train_fusion_head(
+    model: torch.nn.Module,
+    train_features: torch.Tensor,
+    train_text,
+    train_y: torch.Tensor,
+    val_features: torch.Tensor,
+    val_text,
+    val_y: torch.Tensor,
+    *,
+    class_weights: Sequence[float] | None = None,
+    config: HeadConfig | None = None,
+    run: Run | None = None,
+    stage: str = "head",
+) -> list[dict[str, Any]]:
+    """Train an ImageTextClassifier's fusion layers (and hashing text encoder) on cached image features.
+
+    The image backbone is not run: its pooled features come from the cache. Modality dropout
+    teaches the model to answer from either input alone."""
+    from timm.scheduler import create_scheduler_v2
+
+    config, run = config or HeadConfig(), run or Run()
+    parameters = [p for name, p in model.named_parameters() if not name.startswith("image.")]
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=1e-2)
+    batch_size = min(config.batch_size, 64)  # the MLP needs more, smaller steps than a linear probe
+    steps_per_epoch = math.ceil(len(train_y) / batch_size)
+    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=config.max_epochs,
+                                       step_on_epochs=False, updates_per_epoch=steps_per_epoch)
+    weights = torch.as_tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
+    generator = torch.Generator().manual_seed(0)
+    trainable = {name: p for name, p in model.state_dict().items() if not name.startswith("image.")}
+    best, best_state, since_best, history, step = None, None, 0, [], 0
+    everyone = torch.ones(len(val_y), dtype=torch.bool)
+    for epoch in range(config.max_epochs):
+        # train
+        model.train()
+        order = torch.randperm(len(train_y), generator=generator)
+        total_loss = 0.0
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            image_present, text = drop_modalities(train_text.select(batch), generator)
+            logits = model.fuse(train_features[batch], model.encode_text(text), image_present, text.present)
+            loss = F.cross_entropy(logits, train_y[batch], weight=weights, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            scheduler.step_update(step)
+            total_loss += loss.item() * len(batch)
+        # evaluate
+        with torch.inference_mode():
+            model.eval()
+            val_logits = model.fuse(val_features, model.encode_text(val_text), everyone, val_text.present)
+            val_loss = F.cross_entropy(val_logits, val_y).item()
+            val_accuracy = (val_logits.argmax(1) == val_y).float().mean().item()
+        record = {"epoch": epoch + 1, "train_loss": total_loss / len(order), "val_loss": val_loss,
+                  "val_accuracy": val_accuracy}
+        history.append(record)
+        # keep the best
+        score = (val_accuracy, -val_loss)
+        if best is None or score > best:
+            best, since_best = score, 0
+            best_state = {name: tensor.detach().clone() for name, tensor in trainable.items()}
+        else:
+            since_best += 1
+        run.report(Progress(stage, epoch + 1, config.max_epochs, epoch=epoch + 1,
+                            metrics={k: v for k, v in record.items() if k != "epoch"}))
+        # termination
+        if since_best >= config.patience or run.check():
+            break
+    model.load_state_dict(best_state, strict=False)
+    model.eval()
+    return history
 
 
 def eval_crops(images: Sequence[Image.Image], spec: ModelSpec) -> torch.Tensor:
