@@ -69,15 +69,19 @@ class ModelCache:
 
 def predict(
     model: str | LoadedModel,
-    images: Sequence[ImageSource],
+    images: Sequence[ImageSource | None],
     *,
+    texts: Sequence[str | None] | None = None,
     top_k: int = 5,
     zoo: str | Path | None = None,
     cache: ModelCache | None = None,
 ) -> list[list[dict[str, Any]]]:
-    """For each image, the top-k {"label", "score"} (scores are probabilities, highest first)."""
+    """For each image, the top-k {"label", "score"} (scores are probabilities, highest first).
+
+    texts: for image+text models, one text per image (None or "" where there is none); an image
+    may be None where only the text is known. Either alone still gives an answer."""
     loaded = model if isinstance(model, LoadedModel) else (cache or ModelCache(1)).get(model, zoo=zoo)
-    probs = probabilities(loaded, images)
+    probs = probabilities(loaded, images, texts=texts)
     k = max(1, min(top_k, loaded.spec.num_classes))
     scores, indices = probs.topk(k, dim=1)
     return [
@@ -86,17 +90,37 @@ def predict(
     ]
 
 
-def probabilities(loaded: LoadedModel, images: Sequence[ImageSource], batch_size: int = 32) -> torch.Tensor:
-    """(N, classes) softmax probabilities for `images`."""
-    if not images:
-        raise ZooError("No image given to predict.")
+def probabilities(loaded: LoadedModel, images: Sequence[ImageSource | None], batch_size: int = 32,
+                  texts: Sequence[str | None] | None = None) -> torch.Tensor:
+    """(N, classes) softmax probabilities for `images` (and `texts`, for image+text models)."""
     spec = loaded.spec
-    crops = [center_crop_uint8(open_image(image, shorter_side=spec.resized_side), spec) for image in images]
+    count = max(len(images or []), len(texts or []))
+    if texts is not None and any(texts) and spec.text is None:
+        raise ZooError(f"Model '{loaded.name}' takes images only; leave the text out.")
+    if texts is not None and images and len(texts) != len(images):
+        raise ZooError(f"Got {len(images)} images but {len(texts)} texts; give one text per image.")
+    images = list(images) if images else [None] * count
+    if not count or (all(image is None for image in images) and not (texts and any(texts) and spec.text)):
+        raise ZooError("Nothing to predict from: give an image" + (" or a text." if spec.text else "."))
+    blank = torch.zeros(3, spec.image_size, spec.image_size, dtype=torch.uint8)
+    crops = [blank if image is None else center_crop_uint8(open_image(image, shorter_side=spec.resized_side), spec)
+             for image in images]
+    has_image = torch.tensor([image is not None for image in images])
+    text = None
+    if spec.text is not None:
+        from zoo.text import prepare_texts
+
+        text = prepare_texts(spec.text["encoder"], list(texts) if texts is not None else [None] * count)
     outputs = []
     with torch.inference_mode():
-        for start in range(0, len(crops), batch_size):
-            batch = torch.stack(crops[start:start + batch_size])
-            outputs.append(loaded.model(normalize(batch, spec)).float().softmax(dim=1))
+        for start in range(0, count, batch_size):
+            rows = range(start, min(start + batch_size, count))
+            batch = normalize(torch.stack(crops[start:start + batch_size]), spec)
+            if text is None:
+                logits = loaded.model(batch)
+            else:
+                logits = loaded.model(batch, text.select(rows), image_present=has_image[start:start + batch_size])
+            outputs.append(logits.float().softmax(dim=1))
     return torch.cat(outputs)
 
 
