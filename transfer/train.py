@@ -241,13 +241,13 @@ def train_network(
     # the starting point is a candidate too: training must not end worse than the warmed-up head
     best, best_state, since_best, history = None, None, 0, []
 
-    def evaluate_and_keep(epoch: int, train_loss: float | None) -> None:
+    def evaluate_and_keep(epoch: int, train_loss: float | None, train_images_per_second: float | None = None) -> None:
         nonlocal best, best_state, since_best
         val_logits = predict_logits(model, val_crops, spec, text=val_text)
         val_loss = F.cross_entropy(val_logits, val_y).item()
         val_accuracy = (val_logits.argmax(1) == val_y).float().mean().item()
         record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy,
-                  "seconds": round(time.monotonic() - started, 2)}
+                  "seconds": round(time.monotonic() - started, 2), "train_images_per_second": train_images_per_second}
         history.append(record)
         score = (val_accuracy, -val_loss)  # higher accuracy, then lower loss
         if best is None or score > best:
@@ -264,7 +264,7 @@ def train_network(
         if config.freeze_bn_stats:
             _batchnorm_eval(model)
         order = torch.randperm(len(train_images), generator=generator).tolist()
-        running_loss, seen, stopped = 0.0, 0, False
+        running_loss, seen, stopped, epoch_started = 0.0, 0, False, time.monotonic()
         for start in range(0, len(order), config.batch_size):
             if run.check():
                 stopped = True
@@ -293,7 +293,7 @@ def train_network(
         if seen == 0:
             break
         # evaluate, keep the best
-        evaluate_and_keep(epoch, running_loss / seen)
+        evaluate_and_keep(epoch, running_loss / seen, round(seen / (time.monotonic() - epoch_started), 2))
         # termination
         if stopped or since_best >= config.patience:
             break
