@@ -1,0 +1,1041 @@
+"""Transfer Zoo in the browser: browse the zoo, fine-tune on an uploaded zip in one click, predict.
+
+    python app.py            # http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT honoured)
+
+The app is thin on purpose. Every handler below is a plain function that turns widget values into
+one call to `transfer` or `zoo` and the answer back into widget values; no ML happens here. The file
+reads top to bottom: configuration, shared helpers, then the handlers of each tab (Zoo, Predict,
+Fine-tune), then the layout (one `gr.Tab` per task) and the wiring (every event has an `api_name`,
+so everything the page does, `gradio_client` can do too).
+
+Training runs `transfer.fit` in a worker thread owned by a `TrainingRun`, which the handler keeps
+in a `gr.State` (per user, never a module global). The fit's progress callback feeds a queue; the
+train handler is a generator that drains it, moves the `gr.Progress` bar and yields the live
+loss/accuracy curve. Cancel sets the run's stop flag, which `fit` polls every batch: it raises
+`transfer.Cancelled` within a batch or two and saves nothing. Fits wait in the queue one at a time
+(`concurrency_id="training"`), while predictions have their own concurrency and keep answering.
+
+Who may do what: locally, everything. On a Hugging Face Space (`SPACE_ID` set) anyone may browse,
+predict and run a short fine-tune, but deleting, renaming, pushing, pulling and listing Hub models
+need the Space owner's Hugging Face sign-in (`gr.LoginButton`; README front matter `hf_oauth: true`),
+so the Space's `HF_TOKEN` is never used on a visitor's behalf.
+
+Environment:
+    ZOO_DIR                where models live (a Space with persistent storage: /data/zoo)
+    APP_MAX_UPLOAD_MB      largest dataset zip accepted (default 200)
+    APP_MAX_IMAGES         most images in one dataset (default 5000)
+    APP_MAX_TRAIN_SECONDS  time budget cap for every fit (default: none locally, 600 on a Space)
+    SPACE_ID, SPACE_AUTHOR_NAME   set by Spaces; the owner is SPACE_AUTHOR_NAME or SPACE_ID's namespace
+    APP_ADMINS             further Hugging Face usernames allowed the owner's actions (comma-separated)
+    HF_TOKEN               the Hub token for push / pull (shown only when one is set)
+"""
+
+from zoo._malloc import tune_malloc
+
+tune_malloc()  # before torch is imported: 2-3x on small CPUs
+
+import os  # noqa: E402
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # the app never needs the internet
+
+import contextlib  # noqa: E402
+import functools  # noqa: E402
+import inspect  # noqa: E402
+import logging  # noqa: E402
+import queue  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import zipfile  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from transfer import Cancelled, DataError  # noqa: E402
+from transfer.data import Dataset, Limits, load_dataset  # noqa: E402
+from transfer.strategies import STRATEGIES, estimate_seconds  # noqa: E402
+from transfer.train import Progress  # noqa: E402
+from zoo import ZooError  # noqa: E402
+from zoo.images import ImageError, open_image  # noqa: E402
+from zoo.predict import ModelCache, predict  # noqa: E402
+from zoo.store import list_entries, read_entry, remove_model, rename_model, validate_name  # noqa: E402
+from zoo.weights import BUNDLED, DEFAULT_BACKBONE  # noqa: E402
+
+log = logging.getLogger("transfer_zoo.app")
+
+ROOT = Path(__file__).resolve().parent
+ASSETS = ROOT / "assets"
+EXAMPLE_DATASET = ASSETS / "digits"
+MODEL_CACHE = ModelCache(size=4)  # loaded models, shared by every user (read-only)
+
+
+# --- configuration ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """What the environment says about this deployment; read per request (cheap), never mutated."""
+
+    max_upload_mb: int = 200  # largest dataset zip accepted
+    max_images: int = 5000  # most images in one dataset
+    max_train_seconds: float | None = None  # every fit's time budget is capped at this
+    space_id: str | None = None  # "owner/space" on a Hugging Face Space
+    owners: tuple[str, ...] = ()  # usernames allowed to delete, rename and use the Hub token
+    oauth_ready: bool = False  # the Space has Hugging Face sign-in (hf_oauth: true)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "AppConfig":
+        env = os.environ if environ is None else environ
+        space_id = env.get("SPACE_ID") or None
+        owner = env.get("SPACE_AUTHOR_NAME") or (space_id.split("/")[0] if space_id else "")
+        admins = [name.strip() for name in env.get("APP_ADMINS", "").split(",") if name.strip()]
+        budget = env.get("APP_MAX_TRAIN_SECONDS") or ("600" if space_id else "")
+        return cls(
+            max_upload_mb=_positive_int(env, "APP_MAX_UPLOAD_MB", cls.max_upload_mb),
+            max_images=_positive_int(env, "APP_MAX_IMAGES", cls.max_images),
+            max_train_seconds=float(budget) if budget else None,
+            space_id=space_id,
+            owners=tuple(name.lower() for name in [owner, *admins] if name),
+            oauth_ready=bool(space_id and env.get("OAUTH_CLIENT_ID")),
+        )
+
+    @property
+    def on_space(self) -> bool:
+        return self.space_id is not None
+
+    def time_budget(self, requested: float | None) -> float | None:
+        """The fit's `max_seconds`: what the user asked for, capped by the deployment's limit."""
+        limits = [value for value in (requested, self.max_train_seconds) if value]
+        return min(limits) if limits else None
+
+
+def _positive_int(env, key: str, default: int) -> int:
+    try:
+        value = int(env.get(key) or default)
+    except ValueError:
+        log.warning("%s=%r is not a whole number; using %s", key, env.get(key), default)
+        return default
+    return value if value > 0 else default
+
+
+def app_config() -> AppConfig:
+    return AppConfig.from_env()
+
+
+# --- shared helpers --------------------------------------------------------------------------------
+
+
+def friendly_errors(fn: Callable) -> Callable:
+    """Turn the packages' errors into `gr.Error` (the message says what to fix); log anything else.
+
+    Works for plain and generator handlers, and keeps the signature gradio inspects (gr.Progress,
+    gr.OAuthProfile arguments)."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def generator(*args, **kwargs):
+            with _as_gradio_errors(fn.__name__):
+                yield from fn(*args, **kwargs)
+
+        return generator
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with _as_gradio_errors(fn.__name__):
+            return fn(*args, **kwargs)
+
+    return call
+
+
+@contextlib.contextmanager
+def _as_gradio_errors(action: str) -> Iterator[None]:
+    try:
+        yield
+    except gr.Error:
+        raise
+    except (DataError, ZooError) as error:
+        raise gr.Error(str(error)) from None
+    except Exception as error:  # the UI boundary: a short message for the user, the traceback for the log
+        log.exception("%s failed", action)
+        raise gr.Error(f"Something went wrong ({type(error).__name__}: {error}). "
+                       "The details are in the server log.") from None
+
+
+def require_owner(action: str, profile: gr.OAuthProfile | None, config: AppConfig) -> None:
+    """Locally anyone may `action`; on a Space only its owner, signed in with Hugging Face."""
+    if not config.on_space:
+        return
+    owner = config.owners[0] if config.owners else "the Space's owner"
+    if not config.oauth_ready:
+        raise gr.Error(f"On this Space only its owner ({owner}) may {action}, and it has no sign-in "
+                       "(add `hf_oauth: true` to the Space's README). Run the app locally to do this.")
+    if profile is None:
+        raise gr.Error(f"Sign in with Hugging Face (button at the top) as the Space's owner ({owner}) to {action}.")
+    if profile.username.lower() not in config.owners:
+        raise gr.Error(f"Only the Space's owner ({owner}) may {action}; you are signed in as {profile.username}.")
+
+
+def _hub():
+    """`zoo.hub`, imported when first needed (it pulls in huggingface_hub's API client)."""
+    try:
+        from zoo import hub
+    except ImportError as error:
+        raise gr.Error(f"Hugging Face Hub support is not available in this installation ({error}).") from None
+    return hub
+
+
+def _hub_token() -> str | None:
+    try:
+        return _hub().hub_token()
+    except gr.Error:
+        return None
+
+
+# --- Zoo tab ----------------------------------------------------------------------------------------
+
+ZOO_COLUMNS = ["name", "backbone", "strategy", "classes", "accuracy", "created"]
+
+
+def zoo_rows(query: str = "") -> pd.DataFrame:
+    """The zoo table: one row per model, newest first, filtered by `query`."""
+    rows = []
+    for entry in list_entries(query=(query or "").strip() or None):
+        summary = entry.summary()
+        rows.append({
+            "name": entry.name,
+            "backbone": summary["backbone"] or "",
+            "strategy": f"damaged: {entry.damaged}" if entry.damaged else (summary["strategy"] or ""),
+            "classes": _classes_text(summary["classes"]),
+            "accuracy": _accuracy_text(summary["accuracy"], summary["metrics_split"]),
+            "created": (summary["created"] or "")[:16].replace("T", " "),
+        })
+    return pd.DataFrame(rows, columns=ZOO_COLUMNS)
+
+
+def _classes_text(classes: list[str], shown: int = 6) -> str:
+    if len(classes) <= shown:
+        return ", ".join(classes)
+    return ", ".join(classes[:shown]) + f", … ({len(classes)})"
+
+
+def _accuracy_text(accuracy: float | None, split: str | None) -> str:
+    if accuracy is None:
+        return ""
+    return f"{accuracy:.1%}" + (f" ({split})" if split else "")
+
+
+def model_names() -> list[str]:
+    """Models that can be used (damaged folders are listed in the table, not offered)."""
+    return [entry.name for entry in list_entries() if not entry.damaged]
+
+
+def image_backbones() -> list[str]:
+    """Backbones offered for a fine-tune: bundled ImageNet weights, then image-only zoo models."""
+    names = list(BUNDLED)
+    for entry in list_entries():
+        summary = entry.summary()
+        if not entry.damaged and not summary["takes_text"] and entry.name not in BUNDLED:
+            names.append(f"zoo:{entry.name}")
+    return names
+
+
+@friendly_errors
+def refresh_zoo(query: str, selected: str | None):
+    """Table, and the model pickers of every tab, after the zoo changed or on page load."""
+    names = model_names()
+    keep = selected if selected in names else (names[0] if names else None)
+    return zoo_rows(query), gr.update(choices=names, value=keep)
+
+
+@friendly_errors
+def pick_row(event: gr.SelectData) -> str:
+    """Clicking a table row selects that model."""
+    return str(event.row_value[0]) if event.row_value else gr.skip()
+
+
+@friendly_errors
+def model_card(name: str | None) -> str:
+    """The selected model's card (its README.md without the YAML front matter)."""
+    if not name:
+        return "Select a model in the table to see its card."
+    entry = read_entry(name)
+    card = entry.path / "README.md"
+    text = card.read_text(encoding="utf-8") if card.is_file() else f"# {name}\n\n(no model card)"
+    if text.startswith("---"):
+        _, _, text = text[3:].partition("\n---")
+    return text.strip()
+
+
+@friendly_errors
+def delete_model(name: str | None, profile: gr.OAuthProfile | None) -> str:
+    require_owner("delete models", profile, app_config())
+    if not name:
+        raise gr.Error("Select the model to delete first.")
+    remove_model(name)
+    MODEL_CACHE.clear()
+    return f"Deleted **{name}**."
+
+
+@friendly_errors
+def rename_selected(name: str | None, new_name: str, profile: gr.OAuthProfile | None) -> tuple[str, str]:
+    require_owner("rename models", profile, app_config())
+    if not name:
+        raise gr.Error("Select the model to rename first.")
+    new_name = (new_name or "").strip()
+    if not new_name:
+        raise gr.Error("Type the new name first.")
+    rename_model(name, new_name)
+    return f"Renamed **{name}** to **{new_name}**.", new_name
+
+
+@friendly_errors
+def hub_panel(profile: gr.OAuthProfile | None):
+    """Show the Hub panel only when a token is set (and, on a Space, to its signed-in owner)."""
+    config = app_config()
+    visible = _hub_token() is not None
+    if visible and config.on_space:
+        visible = profile is not None and profile.username.lower() in config.owners
+    return gr.update(visible=visible)
+
+
+@friendly_errors
+def push_to_hub(name: str | None, repo_id: str, private: bool, profile: gr.OAuthProfile | None) -> str:
+    require_owner("push models to the Hub", profile, app_config())
+    if not name:
+        raise gr.Error("Select the model to push first.")
+    hub = _hub()
+    token = hub.hub_token()
+    if not token:
+        raise gr.Error("No Hugging Face token: set HF_TOKEN (a token with write access) and restart the app.")
+    url = hub.push_model(name, repo_id=(repo_id or "").strip() or None, private=bool(private), token=token)
+    return f"Pushed **{name}** to [{url}]({url})."
+
+
+@friendly_errors
+def pull_from_hub(repo_id: str, name: str, profile: gr.OAuthProfile | None) -> tuple[str, str]:
+    require_owner("pull models from the Hub", profile, app_config())
+    repo_id = (repo_id or "").strip()
+    if not repo_id:
+        raise gr.Error("Type the Hub repository to pull, e.g. `owner/model-name`.")
+    hub = _hub()
+    local = hub.pull_model(repo_id, name=(name or "").strip() or None, token=hub.hub_token())
+    return f"Pulled **{repo_id}** into the zoo as **{local}**.", local
+
+
+@friendly_errors
+def hub_models(namespace: str, profile: gr.OAuthProfile | None) -> pd.DataFrame:
+    require_owner("list Hub models with the Space's token", profile, app_config())
+    hub = _hub()
+    rows = hub.list_hub_models((namespace or "").strip() or None, token=hub.hub_token())
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["repo_id"])
+
+
+# --- Predict tab ------------------------------------------------------------------------------------
+
+
+@friendly_errors
+def model_inputs(name: str | None):
+    """A text box only for models that take text beside the image."""
+    takes_text = bool(name) and read_entry(name).summary()["takes_text"]
+    return gr.update(visible=takes_text)
+
+
+def _require_model(name: str | None) -> str:
+    if not name:
+        raise gr.Error("Pick a model first (the zoo is empty? Train one in the Fine-tune tab).")
+    return name
+
+
+@friendly_errors
+def predict_image(name: str | None, image: str | None, top_k: float, text: str = "") -> dict[str, float]:
+    """Top-k labels for one image, as gr.Label wants them. (`text` is for image+text models; not used yet.)"""
+    name = _require_model(name)
+    if not image:
+        raise gr.Error("Upload an image (or click one of the examples) first.")
+    [top] = predict(name, [image], top_k=int(top_k), cache=MODEL_CACHE)
+    return {row["label"]: row["score"] for row in top}
+
+
+@friendly_errors
+def predict_when_ready(name: str | None, image: str | None, top_k: float, text: str = "") -> dict[str, float] | None:
+    """Predict as soon as an image is chosen (upload or example); quiet while the model or image is missing."""
+    if not name or not image:
+        return None
+    return predict_image(name, image, top_k, text)
+
+
+@friendly_errors
+def predict_images(name: str | None, files: list[str] | None, top_k: float) -> pd.DataFrame:
+    """One row per uploaded image: the best label, its score and the runners-up."""
+    name = _require_model(name)
+    if not files:
+        raise gr.Error("Upload one or more images first.")
+    if len(files) > 256:
+        raise gr.Error(f"{len(files)} images at once is too many here; upload at most 256.")
+    results = predict(name, files, top_k=int(top_k), cache=MODEL_CACHE)
+    rows = [{"image": Path(file).name, "label": top[0]["label"], "score": round(top[0]["score"], 4),
+             "top-k": ", ".join(f"{row['label']} {row['score']:.2f}" for row in top)}
+            for file, top in zip(files, results)]
+    return pd.DataFrame(rows, columns=["image", "label", "score", "top-k"])
+
+
+# --- Fine-tune tab: the dataset ----------------------------------------------------------------------
+
+
+def example_dataset_zip() -> str:
+    """assets/digits as a zip (what a user would upload), built once per machine."""
+    target = Path(tempfile.gettempdir()) / "transfer-zoo-example" / f"{EXAMPLE_DATASET.name}.zip"
+    if target.is_file():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_suffix(f".{os.getpid()}.tmp")
+    with zipfile.ZipFile(staging, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in sorted(EXAMPLE_DATASET.rglob("*")):
+            if file.is_file() and not file.name.startswith("."):
+                archive.write(file, f"{EXAMPLE_DATASET.name}/{file.relative_to(EXAMPLE_DATASET).as_posix()}")
+    os.replace(staging, target)
+    return str(target)
+
+
+def open_upload(zip_path: str | None, config: AppConfig) -> Dataset:
+    """The uploaded zip as a validated dataset, within this deployment's limits."""
+    if not zip_path:
+        raise gr.Error("Upload a .zip of class folders first (or click “Try the example dataset”).")
+    path = Path(zip_path)
+    if not path.is_file():
+        raise gr.Error("The uploaded file is gone (uploads are cleared after a while); upload it again.")
+    if path.suffix.lower() != ".zip":
+        raise gr.Error(f"{path.name} is not a .zip. Zip the folder that holds one folder per class "
+                       "(cats/…, dogs/…) and upload the zip; browsers drop the folder structure otherwise.")
+    size_mb = path.stat().st_size / 2**20
+    if size_mb > config.max_upload_mb:
+        raise gr.Error(f"{path.name} is {size_mb:.0f} MB; this app takes zips up to {config.max_upload_mb} MB. "
+                       "Use fewer or smaller images (or the command line, which has no such limit).")
+    dataset = load_dataset(path, limits=Limits(max_files=config.max_images * 2))
+    count = len(dataset.train) + len(dataset.val) + len(dataset.test)
+    if count > config.max_images:
+        raise gr.Error(f"{path.name} holds {count} images; this app takes at most {config.max_images} per dataset. "
+                       "Use fewer images (or the command line, which has no such limit).")
+    return dataset
+
+
+@friendly_errors
+def use_example_dataset() -> str:
+    return example_dataset_zip()
+
+
+@friendly_errors
+def inspect_dataset(zip_path: str | None):
+    """What the upload holds, before any training: summary, class counts, thumbnails, problems."""
+    if not zip_path:
+        return "", None, [], gr.update(value=None, visible=False), None
+    dataset = open_upload(zip_path, app_config())
+    facts = {"name": dataset.name, "num_train": len(dataset.train),
+             "num_eval": len(dataset.val) + len(dataset.test), "classes": list(dataset.classes)}
+    skipped = pd.DataFrame([{"file": file, "reason": reason} for file, reason in dataset.skipped[:500]],
+                           columns=["file", "reason"])
+    return (_summary_text(dataset), _counts_frame(dataset), _thumbnails(dataset),
+            gr.update(value=skipped, visible=bool(dataset.skipped)), facts)
+
+
+def _summary_text(dataset: Dataset) -> str:
+    split = ("its own train/val folders" if dataset.split_from == "folders"
+             else "a stratified 80/20 split, fixed seed")
+    test = f" / {len(dataset.test)} test (held out: the reported figures come from it)" if dataset.test else ""
+    lines = [f"**{dataset.name}**: {len(dataset.classes)} classes, "
+             f"{len(dataset.train)} training / {len(dataset.val)} validation images{test} ({split})."]
+    if dataset.skipped:
+        lines.append(f"{len(dataset.skipped)} file(s) skipped; the reasons are listed below.")
+    lines += [f"**Warning:** {warning}" for warning in dataset.warnings]
+    return "\n\n".join(lines)
+
+
+def _counts_frame(dataset: Dataset) -> pd.DataFrame:
+    rows = [{"class": label, "split": split, "images": count}
+            for label, counts in dataset.class_counts().items() for split, count in counts.items()]
+    return pd.DataFrame(rows, columns=["class", "split", "images"])
+
+
+def _thumbnails(dataset: Dataset, most: int = 40, side: int = 96) -> list[tuple[Any, str]]:
+    """A few training images per class (as many classes as fit in `most` pictures)."""
+    per_class = max(1, min(4, most // max(1, len(dataset.classes))))
+    chosen = []
+    for index, label in enumerate(dataset.classes):
+        chosen += [sample for sample in dataset.train if sample.label == index][:per_class]
+    thumbs = []
+    for sample, content in dataset.read_bytes(chosen[:most]):
+        try:
+            image = open_image(content, shorter_side=side, name=sample.relpath)
+        except ImageError:
+            continue  # the fit reports it; a preview just leaves it out
+        thumbs.append((image, dataset.classes[sample.label]))
+    return thumbs
+
+
+# --- Fine-tune tab: settings, estimate, training -------------------------------------------------------
+
+
+def strategy_choices() -> list[str]:
+    # when transfer.advise lands, "auto" goes first here and the advice box below explains its pick
+    return list(STRATEGIES)
+
+
+def describe_strategy(strategy: str) -> str:
+    plan = STRATEGIES.get(strategy)
+    return f"**{plan.name}**: {plan.when}." if plan else ""
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """The Fine-tune tab's settings, checked, as `transfer.fit` keyword arguments."""
+
+    backbone: str
+    strategy: str
+    name: str | None
+    image_size: int | None
+    epochs: int | None
+    batch_size: int
+    max_seconds: float | None
+
+    @classmethod
+    def from_widgets(cls, backbone, strategy, name, image_size, epochs, batch_size, max_seconds) -> "FitSettings":
+        backbone = (backbone or "").strip() or DEFAULT_BACKBONE
+        if strategy not in STRATEGIES:
+            raise gr.Error(f"Choose a strategy: {', '.join(STRATEGIES)}.")
+        name = (name or "").strip() or None
+        if name is not None:
+            validate_name(name)
+        settings = cls(
+            backbone=backbone, strategy=strategy, name=name,
+            image_size=_whole(image_size, "Image size", 16, 1024),
+            epochs=_whole(epochs, "Epochs", 1, 500),
+            batch_size=_whole(batch_size, "Batch size", 2, 512) or 32,
+            max_seconds=float(max_seconds) if max_seconds else None,
+        )
+        if settings.max_seconds is not None and settings.max_seconds <= 0:
+            raise gr.Error("The time budget must be a positive number of seconds (or empty for none).")
+        return settings
+
+
+def _whole(value: float | None, label: str, low: int, high: int) -> int | None:
+    if value is None or value == "" or value == 0:
+        return None
+    if float(value) != int(value) or not low <= int(value) <= high:
+        raise gr.Error(f"{label} must be a whole number from {low} to {high} (or empty for the default).")
+    return int(value)
+
+
+def _architecture(backbone: str) -> str:
+    """The timm architecture a backbone name stands for (for the time estimate)."""
+    if backbone.startswith("zoo:"):
+        try:
+            return read_entry(backbone.removeprefix("zoo:")).spec.architecture
+        except ZooError:
+            return backbone
+    return backbone.partition("@")[0].removeprefix("hf-hub:")
+
+
+@friendly_errors
+def estimate_text(facts: dict | None, backbone: str, strategy: str, image_size, epochs) -> str:
+    """How long the fit should take, from the measured cost model in `transfer.strategies`."""
+    if not facts or strategy not in STRATEGIES:
+        return "Load a dataset to see how long training will take."
+    try:
+        size = _whole(image_size, "Image size", 16, 1024)
+        passes = _whole(epochs, "Epochs", 1, 500)
+    except gr.Error:
+        return "Fix the settings to see an estimate."
+    seconds = estimate_seconds(strategy, num_train=facts["num_train"], num_eval=facts["num_eval"],
+                               image_size=size, epochs=passes, architecture=_architecture(backbone or DEFAULT_BACKBONE))
+    text = (f"Estimated time: about **{_duration(seconds)}** on a 2-core CPU for {facts['num_train']} training and "
+            f"{facts['num_eval']} evaluation images (a repeat on the same data reuses cached features).")
+    cap = app_config().max_train_seconds
+    if cap and seconds > cap:
+        text += f" This app stops every fit after {_duration(cap)}, keeping the best epoch so far."
+    return text
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds} s" if seconds < 90 else f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+@dataclass
+class TrainingRun:
+    """One user's fit in a worker thread. The train and cancel handlers share it through gr.State."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    events: queue.Queue = field(default_factory=queue.Queue)  # Progress reports from the fit
+    result: Any = None  # transfer.fit.FitResult once it succeeded
+    error: Exception | None = None  # what ended it otherwise (transfer.Cancelled on cancel)
+    thread: threading.Thread | None = None
+
+    def __deepcopy__(self, memo: dict) -> "TrainingRun":
+        return self  # a handle on a live run: gr.State must share it, not copy it
+
+    def start(self, **fit_arguments: Any) -> None:
+        self.thread = threading.Thread(target=self._work, kwargs=fit_arguments, name="fit", daemon=True)
+        self.thread.start()
+
+    def _work(self, **fit_arguments: Any) -> None:
+        from transfer.fit import fit
+
+        try:
+            self.result = fit(**fit_arguments, progress=self.events.put, should_stop=self.stop.is_set)
+        except Exception as error:  # handed to the UI thread, which reports it
+            self.error = error
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def reports(self, wait: float) -> list[Progress]:
+        """Every progress report so far, waiting up to `wait` seconds for the first."""
+        try:
+            found = [self.events.get(timeout=wait)]
+        except queue.Empty:
+            return []
+        while not self.events.empty():
+            found.append(self.events.get_nowait())
+        return found
+
+
+def stop_run(run: TrainingRun | None) -> None:
+    """gr.State's delete callback: a closed page stops its fit (nothing is saved)."""
+    if isinstance(run, TrainingRun):
+        run.stop.set()
+
+
+CURVE_METRICS = {"train_loss": "train loss", "val_loss": "validation loss", "val_accuracy": "validation accuracy"}
+
+
+@dataclass
+class TrainingCurve:
+    """Per-epoch metrics of every phase, numbered one after another, for the live plot."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    epochs: int = 0
+
+    def add(self, event: Progress) -> bool:
+        if event.stage == "train" or event.epoch is None or not event.metrics:
+            return False  # per-batch reports move the progress bar only
+        self.epochs += 1
+        for key, label in CURVE_METRICS.items():
+            if event.metrics.get(key) is not None:
+                self.rows.append({"epoch": self.epochs, "value": round(float(event.metrics[key]), 4),
+                                  "metric": label, "phase": _stage_label(event.stage)})
+        return True
+
+    def frame(self) -> pd.DataFrame | None:
+        """None until the first epoch (an empty frame would fix the plot's axes to the wrong types)."""
+        return pd.DataFrame(self.rows, columns=["epoch", "value", "metric", "phase"]) if self.rows else None
+
+
+STAGE_LABELS = {
+    "start": "Starting", "read": "Reading images", "features": "Computing features (frozen backbone)",
+    "head": "Training the new head", "search": "Choosing where to cut the backbone",
+    "warm-up": "Warming up the new head", "train": "Training every layer", "epoch": "Checking on validation images",
+    "evaluate": "Evaluating", "save": "Saving to the zoo", "text": "Encoding the texts",
+    "fusion head": "Training the image+text head",
+}
+
+
+def _stage_label(stage: str) -> str:
+    if stage.startswith("search stage"):
+        return f"Trying the cut after stage {stage.removeprefix('search stage ').strip()}"
+    return STAGE_LABELS.get(stage, stage.capitalize())
+
+
+def _stage_unit(stage: str) -> str:
+    if stage in ("read", "features"):
+        return "images"
+    if stage == "train":
+        return "batches"
+    return "epochs" if stage in ("head", "warm-up", "epoch", "fusion head") or stage.startswith("search") else "steps"
+
+
+def _status_text(event: Progress | None, started: float, estimate: float | None) -> str:
+    elapsed = time.monotonic() - started
+    if event is None:
+        return f"**Starting…** ({elapsed:.0f} s)"
+    parts = [f"**{_stage_label(event.stage)}**"]
+    if event.epoch is not None:
+        parts.append(f"epoch {event.epoch}")
+    elif event.total > 1:
+        parts.append(f"{event.done}/{event.total}")
+    if event.metrics.get("val_accuracy") is not None:
+        parts.append(f"validation accuracy {event.metrics['val_accuracy']:.1%}")
+    parts.append(f"{elapsed:.0f} s elapsed")
+    left = event.eta_seconds if event.eta_seconds is not None else (estimate - elapsed if estimate else None)
+    if left is not None and left > 1:
+        parts.append(f"about {_duration(left)} left")
+    return " · ".join(parts)
+
+
+@friendly_errors
+def train_model(zip_path, backbone, strategy, name, image_size, epochs, batch_size, max_seconds,
+                progress=gr.Progress()):
+    """Fine-tune on the uploaded zip, yielding live status and curve; saves to the zoo at the end.
+
+    Yields (status, curve, results, per-class table, confusion matrix, run, trained name)."""
+    config = app_config()
+    settings = FitSettings.from_widgets(backbone, strategy, name, image_size, epochs, batch_size, max_seconds)
+    dataset = open_upload(zip_path, config)
+    if settings.name and settings.name in {entry.name for entry in list_entries()}:
+        raise gr.Error(f"A model named '{settings.name}' is already in the zoo; choose another name "
+                       "(or leave the name empty for an automatic one).")
+    estimate = estimate_seconds(settings.strategy, num_train=len(dataset.train),
+                                num_eval=len(dataset.val) + len(dataset.test), image_size=settings.image_size,
+                                epochs=settings.epochs, architecture=_architecture(settings.backbone))
+    run, curve, started = TrainingRun(), TrainingCurve(), time.monotonic()
+    run.start(data=dataset, backbone=settings.backbone, strategy=settings.strategy, name=settings.name,
+              epochs=settings.epochs, image_size=settings.image_size, batch_size=settings.batch_size,
+              max_seconds=config.time_budget(settings.max_seconds))
+    progress(0, desc="Starting")
+    hidden = gr.update(value=None, visible=False)
+    yield _status_text(None, started, estimate), None, "", hidden, hidden, run, None
+    last, shown, new_points = None, time.monotonic(), False
+    try:
+        while run.running or not run.events.empty():
+            reports = run.reports(wait=0.25)
+            for event in reports:
+                new_points |= curve.add(event)
+            if reports:
+                last = reports[-1]
+                progress((last.done, max(last.total, 1)), desc=_stage_label(last.stage), unit=_stage_unit(last.stage))
+            since = time.monotonic() - shown
+            if (new_points and since > 0.4) or since > 1.0:  # a head on cached features does 50 epochs a second
+                yield (_status_text(last, started, estimate), curve.frame() if new_points else gr.skip(),
+                       gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+                shown, new_points = time.monotonic(), False
+        run.thread.join()
+    finally:
+        if run.running:  # the page went away mid-fit: stop, save nothing
+            run.stop.set()
+    if isinstance(run.error, Cancelled):
+        yield "**Cancelled.** Nothing was saved.", curve.frame(), "", hidden, hidden, None, None
+        return
+    if run.error is not None:
+        raise run.error
+    result = run.result
+    yield (f"**Saved as `{result.name}`** in {result.train_seconds:.1f} s. It is selected in the Predict tab.",
+           curve.frame(), _results_text(result), gr.update(value=_per_class_frame(result.metrics), visible=True),
+           gr.update(value=_confusion_table(result), visible=True), None, result.name)
+
+
+@friendly_errors
+def cancel_training(run: TrainingRun | None) -> str:
+    if not isinstance(run, TrainingRun) or not run.running:
+        return "Nothing is training right now."
+    run.stop.set()
+    return "**Stopping…** (within a batch or two; nothing will be saved)"
+
+
+def _results_text(result) -> str:
+    metrics = result.metrics
+    where = ("held-out test images" if result.metrics_split == "test"
+             else "validation images (they also chose when to stop, so this is slightly optimistic)")
+    lines = [
+        f"### {metrics['accuracy']:.1%} accuracy · macro-F1 {metrics['macro_f1']:.3f}",
+        f"On {metrics['count']} {where}.",
+        f"**{result.strategy}** on `{result.backbone}` at {result.image_size} px: trained "
+        f"{result.trainable_parameters:,} of {result.total_parameters:,} parameters on {result.num_train} images "
+        f"in {result.train_seconds:.1f} s.",
+    ]
+    if result.details.get("cut_stage") is not None:
+        lines.append(f"The backbone was cut after stage {result.details['cut_stage']} (best on validation).")
+    if result.stopped_by_budget:
+        lines.append("**Warning:** the time budget ran out: training stopped early and kept its best epoch.")
+    lines += [f"**Warning:** {warning}" for warning in result.warnings]
+    if result.skipped:
+        lines.append(f"{len(result.skipped)} file(s) were skipped (listed under the dataset summary).")
+    return "\n\n".join(lines)
+
+
+def _per_class_frame(metrics: dict) -> pd.DataFrame:
+    rows = [{"class": label, **values} for label, values in metrics["per_class"].items()]
+    return pd.DataFrame(rows, columns=["class", "precision", "recall", "f1", "support"])
+
+
+def _confusion_table(result):
+    """The confusion matrix as a table: rows are the true classes, columns the predictions.
+
+    Shaded by share of the row: the diagonal (right) in green, mistakes in red."""
+    labels, matrix = result.classes, result.metrics["confusion_matrix"]
+    frame = pd.DataFrame(matrix, columns=labels)
+    frame.insert(0, "true ↓ / predicted →", labels)
+
+    def shade(table: pd.DataFrame) -> pd.DataFrame:
+        styles = pd.DataFrame("", index=table.index, columns=table.columns)
+        for row, counts in enumerate(matrix):
+            total = max(1, sum(counts))
+            for column, count in enumerate(counts):
+                if count:
+                    alpha = 0.15 + 0.75 * count / total
+                    colour = "22, 163, 74" if row == column else "220, 38, 38"
+                    styles.iloc[row, column + 1] = f"background-color: rgba({colour}, {alpha:.2f})"
+        return styles
+
+    return frame.style.apply(shade, axis=None)
+
+
+@friendly_errors
+def after_training(trained: str | None, query: str):
+    """Refresh the zoo everywhere and select the new model in Predict and in the Zoo tab."""
+    names = model_names()
+    table = zoo_rows(query)
+    pick = gr.update(choices=names, value=trained) if trained in names else gr.update(choices=names)
+    return (table, pick, pick, gr.update(choices=image_backbones()),
+            gr.update(interactive=True), gr.update(interactive=False), gr.update(visible=False))
+
+
+def training_started():
+    """Train greys out, Cancel lights up, the progress bar and the curve appear (`after_training` undoes)."""
+    return gr.update(interactive=False), gr.update(interactive=True), gr.update(visible=True), gr.update(visible=True)
+
+
+def backbone_choices():
+    return gr.update(choices=image_backbones())
+
+
+def show():
+    return gr.update(visible=True)
+
+
+def hide():
+    return gr.update(visible=False)
+
+
+# --- layout -------------------------------------------------------------------------------------------
+
+CSS = """
+.gradio-container { max-width: 1280px !important; width: 100%; margin: auto; }
+#app-title h1 { margin-bottom: 0; }
+#train-progress { min-height: 64px; }
+"""
+
+
+def launch_options() -> dict[str, Any]:
+    """What `demo.launch` needs besides host and port (the tests launch with the same options)."""
+    config = app_config()
+    return {
+        "theme": gr.themes.Soft(primary_hue="indigo"),
+        "css": CSS,
+        "max_file_size": f"{config.max_upload_mb}mb",
+        "allowed_paths": [str(ASSETS)],
+        "show_error": True,
+    }
+
+
+INTERNAL = {"api_visibility": "private"}  # page plumbing, not part of the API
+PREDICTING = {"concurrency_id": "predict", "concurrency_limit": 4}  # answers while a fit runs
+TRAINING = {"concurrency_id": "training", "concurrency_limit": 1}  # fits wait their turn, one at a time
+
+
+def example_images() -> list[list[str]]:
+    """The Predict tab's examples: the photos, and a few digits of the example dataset."""
+    photos = sorted((ASSETS / "photos").glob("*.jpg"))
+    digits = [sorted((EXAMPLE_DATASET / digit).glob("*.png"))[0] for digit in ("3", "7")]
+    return [[str(path)] for path in [*photos, *digits]]
+
+
+def build_demo() -> gr.Blocks:
+    config = app_config()
+    with gr.Blocks(title="Transfer Zoo", delete_cache=(3600, 6 * 3600)) as demo:
+        with gr.Row(equal_height=True):
+            gr.Markdown("# Transfer Zoo\nFine-tune a pretrained image model on your own labelled pictures "
+                        "in one click, keep it in the zoo, and try it here.", elem_id="app-title")
+            if config.oauth_ready:
+                gr.LoginButton(scale=0, min_width=220)
+        run_state = gr.State(None, delete_callback=stop_run)
+        facts_state = gr.State(None)
+        trained_state = gr.State(None)
+
+        with gr.Tabs():
+            # --- Zoo ---
+            with gr.Tab("Zoo", id="zoo"):
+                with gr.Row():
+                    zoo_query = gr.Textbox(placeholder="Search names, backbones, strategies or classes",
+                                           show_label=False, scale=4, elem_id="zoo-search")
+                    zoo_refresh = gr.Button("Refresh", scale=0, min_width=100)
+                zoo_table = gr.Dataframe(value=pd.DataFrame(columns=ZOO_COLUMNS), interactive=False,
+                                         column_widths=["28%", "17%", "14%", "17%", "11%", "13%"],
+                                         label="Models (click a row to select it)", elem_id="zoo-table",
+                                         max_height=360, wrap=True)
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        zoo_model = gr.Dropdown(label="Selected model", choices=[], allow_custom_value=True, elem_id="zoo-model")
+                        card = gr.Markdown("Select a model in the table to see its card.", elem_id="model-card",
+                                           container=True, max_height=520)
+                    with gr.Column(scale=2):
+                        with gr.Accordion("Manage", open=False):
+                            if config.on_space:
+                                gr.Markdown("Deleting, renaming and the Hub need the Space owner's sign-in.")
+                            new_name = gr.Textbox(label="New name", placeholder="letters, digits, . _ -")
+                            rename_button = gr.Button("Rename")
+                            delete_button = gr.Button("Delete…", variant="stop")
+                            with gr.Row(visible=False) as confirm_row:
+                                confirm_delete = gr.Button("Yes, delete it", variant="stop", min_width=80)
+                                keep_model = gr.Button("Keep it", min_width=80)
+                            manage_status = gr.Markdown()
+                        with gr.Accordion("Hugging Face Hub", open=False, visible=False) as hub_box:
+                            push_repo = gr.Textbox(label="Push to repository",
+                                                   placeholder="owner/name (empty: your namespace, the model's name)")
+                            push_private = gr.Checkbox(label="Private repository", value=True)
+                            push_button = gr.Button("Push selected model")
+                            pull_repo = gr.Textbox(label="Pull repository", placeholder="owner/name")
+                            pull_name = gr.Textbox(label="Save as", placeholder="empty: the repository's name")
+                            pull_button = gr.Button("Pull into the zoo")
+                            hub_namespace = gr.Textbox(label="List models of", placeholder="empty: yours")
+                            hub_list_button = gr.Button("List Hub models")
+                            hub_table = gr.Dataframe(interactive=False, visible=True, label="Hub models")
+                            hub_status = gr.Markdown()
+
+            # --- Predict ---
+            with gr.Tab("Predict", id="predict"):
+                with gr.Row():
+                    with gr.Column():
+                        predict_model = gr.Dropdown(label="Model", choices=[], allow_custom_value=True,
+                                                    elem_id="predict-model")
+                        image = gr.Image(type="filepath", label="Image", height=320, elem_id="predict-image",
+                                         sources=["upload", "clipboard", "webcam"])
+                        text = gr.Textbox(label="Text beside the image", visible=False, elem_id="predict-text")
+                        top_k = gr.Slider(1, 10, value=5, step=1, label="Top-k labels")
+                        predict_button = gr.Button("Predict", variant="primary", elem_id="predict-button")
+                        gr.Examples(example_images(), inputs=[image], label="Examples")
+                    with gr.Column():
+                        label = gr.Label(label="Prediction", elem_id="prediction")
+                        with gr.Accordion("Several images at once", open=False):
+                            batch_files = gr.File(file_count="multiple", file_types=["image"], label="Images")
+                            batch_button = gr.Button("Predict all")
+                            batch_table = gr.Dataframe(interactive=False, label="Predictions")
+
+            # --- Fine-tune ---
+            with gr.Tab("Fine-tune", id="fine-tune"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        gr.Markdown("### 1. Data\nA **.zip** of one folder per class (`cats/…`, `dogs/…`), "
+                                    "or with `train/`, `val/` (and `test/`) folders around them.")
+                        dataset_file = gr.File(label="Dataset (.zip)", file_types=[".zip"], elem_id="dataset-zip")
+                        example_button = gr.Button("Try the example dataset (handwritten digits)",
+                                                   elem_id="example-dataset")
+                        gr.Markdown("### 2. Settings")
+                        backbone = gr.Dropdown(label="Backbone", choices=list(BUNDLED), value=DEFAULT_BACKBONE,
+                                               allow_custom_value=True,
+                                               info="Bundled ImageNet weights (offline), a zoo model (zoo:NAME), "
+                                                    "or any timm name (downloads; needs the internet)")
+                        strategy = gr.Radio(strategy_choices(), value="feature-extractor", label="Strategy",
+                                            elem_id="strategy")
+                        strategy_note = gr.Markdown(describe_strategy("feature-extractor"))
+                        advice = gr.Markdown(visible=False, elem_id="advice")  # transfer.advise fills this
+                        model_name = gr.Textbox(label="Model name", elem_id="model-name",
+                                                placeholder="empty: DATASET-STRATEGY-DATE")
+                        with gr.Accordion("More settings", open=False, elem_id="more-settings"):
+                            image_size = gr.Number(label="Image size (px)", value=None, precision=0,
+                                                   elem_id="image-size",
+                                                   info="empty: the strategy's default (224 frozen, 128 trainable)")
+                            epochs = gr.Number(label="Epochs", value=None, precision=0,
+                                               info="empty: the strategy's default")
+                            batch_size = gr.Slider(2, 128, value=32, step=1, label="Batch size")
+                            max_seconds = gr.Number(label="Time budget (seconds)", value=None,
+                                                    info="empty: none" + (f" (this app stops every fit after "
+                                                                          f"{config.max_train_seconds:.0f} s)"
+                                                                          if config.max_train_seconds else ""))
+                        estimate = gr.Markdown("Load a dataset to see how long training will take.",
+                                               elem_id="estimate")
+                        with gr.Row():
+                            train_button = gr.Button("Train", variant="primary", elem_id="train-button")
+                            cancel_button = gr.Button("Cancel", variant="stop", interactive=False,
+                                                      elem_id="cancel-button")
+                    with gr.Column(scale=2):
+                        summary = gr.Markdown(elem_id="dataset-summary")
+                        counts_plot = gr.BarPlot(None, x="class", y="images", color="split",
+                                                 label="Images per class", height=220, elem_id="class-counts")
+                        thumbs = gr.Gallery(label="A few images per class", columns=10, height=200,
+                                            object_fit="contain", allow_preview=False, elem_id="thumbnails")
+                        skipped = gr.Dataframe(label="Skipped files", visible=False, interactive=False,
+                                               max_height=200)
+                        progress_area = gr.Markdown(visible=False, elem_id="train-progress")  # gr.Progress bar
+                        status = gr.Markdown(elem_id="train-status")
+                        curve_plot = gr.LinePlot(None, x="epoch", y="value", color="metric", visible=False,
+                                                 label="Training curve", x_title="epoch (all phases)",
+                                                 y_title="loss / accuracy", height=280, elem_id="curve")
+                        results = gr.Markdown(elem_id="results")
+                        with gr.Row():
+                            per_class = gr.Dataframe(label="Per class", interactive=False, max_height=360,
+                                                     visible=False, elem_id="per-class")
+                            confusion = gr.Dataframe(label="Confusion matrix (rows: true class)", interactive=False,
+                                                     max_height=360, visible=False, elem_id="confusion")
+
+        # --- wiring: Zoo ---
+        zoo_pickers = [zoo_table, zoo_model]
+        refresh_inputs = [zoo_query, zoo_model]
+        demo.load(refresh_zoo, refresh_inputs, zoo_pickers, api_name="list_zoo")
+        demo.load(refresh_zoo, [zoo_query, predict_model], [zoo_table, predict_model],
+                  api_name="list_predict_models", **INTERNAL)
+        demo.load(backbone_choices, None, backbone, api_name="list_backbones", **INTERNAL)
+        demo.load(hub_panel, None, hub_box, api_name="hub_panel", **INTERNAL)
+        zoo_query.submit(refresh_zoo, refresh_inputs, zoo_pickers, api_name="search_zoo")
+        zoo_refresh.click(refresh_zoo, refresh_inputs, zoo_pickers, api_name="refresh_zoo", **INTERNAL)
+        zoo_table.select(pick_row, None, zoo_model, api_name="pick_row", **INTERNAL)
+        zoo_model.change(model_card, zoo_model, card, api_name="model_card")
+        rename_button.click(rename_selected, [zoo_model, new_name], [manage_status, zoo_model],
+                            api_name="rename_model").success(
+            refresh_zoo, refresh_inputs, zoo_pickers, api_name="refresh_after_rename", **INTERNAL)
+        delete_button.click(show, None, confirm_row, api_name="ask_delete", queue=False, **INTERNAL)
+        keep_model.click(hide, None, confirm_row, api_name="keep_model", queue=False, **INTERNAL)
+        confirm_delete.click(hide, None, confirm_row, api_name="close_delete", queue=False, **INTERNAL)
+        confirm_delete.click(delete_model, zoo_model, manage_status, api_name="delete_model").then(
+            refresh_zoo, refresh_inputs, zoo_pickers, api_name="refresh_after_delete", **INTERNAL)
+        push_button.click(push_to_hub, [zoo_model, push_repo, push_private], hub_status, api_name="push_model")
+        pull_button.click(pull_from_hub, [pull_repo, pull_name], [hub_status, zoo_model],
+                          api_name="pull_model").success(
+            refresh_zoo, refresh_inputs, zoo_pickers, api_name="refresh_after_pull", **INTERNAL)
+        hub_list_button.click(hub_models, hub_namespace, hub_table, api_name="list_hub_models")
+
+        # --- wiring: Predict ---
+        predict_model.change(model_inputs, predict_model, text, api_name="model_inputs", **INTERNAL)
+        predict_button.click(predict_image, [predict_model, image, top_k, text], label, api_name="predict",
+                             **PREDICTING)
+        image.change(predict_when_ready, [predict_model, image, top_k, text], label, api_name="predict_on_change",
+                     **PREDICTING, **INTERNAL)
+        batch_button.click(predict_images, [predict_model, batch_files, top_k], batch_table,
+                           api_name="predict_batch", **PREDICTING)
+
+        # --- wiring: Fine-tune ---
+        dataset_file.change(inspect_dataset, dataset_file, [summary, counts_plot, thumbs, skipped, facts_state],
+                            api_name="inspect_dataset")
+        example_button.click(use_example_dataset, None, dataset_file, api_name="example_dataset")
+        strategy.change(describe_strategy, strategy, strategy_note, api_name="describe_strategy", **INTERNAL)
+        gr.on([facts_state.change, backbone.change, strategy.change, image_size.change, epochs.change],
+              estimate_text, [facts_state, backbone, strategy, image_size, epochs], estimate,
+              api_name="estimate", **INTERNAL)
+        train_button.click(
+            training_started, None, [train_button, cancel_button, progress_area, curve_plot],
+            api_name="lock_train", queue=False, **INTERNAL,
+        ).then(
+            train_model, [dataset_file, backbone, strategy, model_name, image_size, epochs, batch_size, max_seconds],
+            [status, curve_plot, results, per_class, confusion, run_state, trained_state],
+            api_name="train", show_progress_on=[progress_area], **TRAINING,
+        ).then(
+            after_training, [trained_state, zoo_query],
+            [zoo_table, predict_model, zoo_model, backbone, train_button, cancel_button, progress_area],
+            api_name="after_training", **INTERNAL,
+        )
+        cancel_button.click(cancel_training, run_state, status, api_name="cancel", queue=False)
+    return demo
+
+
+demo = build_demo()
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    demo.queue(default_concurrency_limit=2).launch(
+        # a Space must listen on every interface; locally only this machine (GRADIO_SERVER_NAME overrides)
+        server_name=os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if app_config().on_space else "127.0.0.1"),
+        **launch_options(),
+    )

@@ -1,0 +1,377 @@
+"""The Gradio app, driven through its API with `gradio_client`, exactly as a script (or the page) would.
+
+The app is launched in this process on a free port with its own empty zoo (`ZOO_DIR`), so the
+tests see exactly what they put there. The data is tiny and generated: three colours, which the
+real bundled ImageNet backbone tells apart at 32 px, so a fit takes seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from conftest import run_python
+from zoo.weights import BUNDLED
+
+COLOURS = {"red": (215, 35, 35), "green": (35, 170, 50), "blue": (40, 70, 215)}
+FAST_FIT = dict(backbone="tf_efficientnet_lite0", image_size=32, epochs=None, batch_size=16, max_seconds=None)
+
+
+# --- helpers shared with test_browser.py ------------------------------------------------------------
+
+
+def colour_image(colour: str, seed: int, size: int = 40) -> Image.Image:
+    """A noisy grey picture with a large rectangle of `colour` somewhere in it."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.normal(128, 30, (size, size, 3))
+    top, left = rng.integers(0, size // 3, 2)
+    height, width = rng.integers(size // 2, size - size // 3, 2)
+    pixels[top:top + height, left:left + width] = np.array(COLOURS[colour]) + rng.normal(0, 12, (height, width, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def colour_zip(path: Path, per_class: int = 12, extra: dict[str, bytes] | None = None,
+               colours: tuple[str, ...] = tuple(COLOURS)) -> Path:
+    """A dataset zip as a user makes one: colours/<class>/<n>.png, plus any `extra` members."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for colour in colours:
+            for index in range(per_class):
+                image = colour_image(colour, seed=hash((colour, index)) % 2**32)
+                with archive.open(f"colours/{colour}/{index:02d}.png", "w") as member:
+                    image.save(member, format="PNG")
+        for name, content in (extra or {}).items():
+            archive.writestr(name, content)
+    return path
+
+
+def free_port() -> int:
+    """A port nobody listens on (gradio's server_port=0 does not work, see NOTES.md)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(zoo: Path) -> Iterator[str]:
+    """The app, launched here on a free port over the zoo at `zoo`; yields its URL."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ZOO_DIR", str(zoo))
+        import app
+
+        app.demo.queue()
+        _, url, _ = app.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                                    quiet=True, **app.launch_options())
+        try:
+            yield url
+        finally:
+            app.demo.close()
+
+
+# --- fixtures ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def app_zoo(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("app-zoo")
+
+
+@pytest.fixture(scope="module")
+def url(app_zoo) -> Iterator[str]:
+    with serving(app_zoo) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def client(url) -> Client:
+    return Client(url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def colours_zip(tmp_path_factory) -> Path:
+    return colour_zip(tmp_path_factory.mktemp("upload") / "colours.zip")
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory) -> dict[str, Path]:
+    """One new picture per colour, never seen in training."""
+    folder = tmp_path_factory.mktemp("held-out")
+    paths = {}
+    for colour in COLOURS:
+        paths[colour] = folder / f"new-{colour}.png"
+        colour_image(colour, seed=10_000 + len(paths), size=56).save(paths[colour])
+    return paths
+
+
+def train(client: Client, zip_path: Path | None, strategy: str = "feature-extractor", name: str = "", **settings):
+    """Submit /train with the page's argument order; returns the running job."""
+    options = {**FAST_FIT, **settings}
+    return client.submit(handle_file(str(zip_path)) if zip_path else None, options["backbone"], strategy, name,
+                         options["image_size"], options["epochs"], options["batch_size"], options["max_seconds"],
+                         api_name="/train")
+
+
+@pytest.fixture(scope="module")
+def trained(client, colours_zip, app_zoo):
+    """One fine-tune of the uploaded zip through the app: (every yielded update, the final outputs, seconds)."""
+    started = time.monotonic()
+    job = train(client, colours_zip, name="colours-fe")
+    updates = list(job)
+    return updates, job.result(), time.monotonic() - started
+
+
+def table_rows(table: dict) -> list[dict]:
+    return [dict(zip(table["headers"], row)) for row in table["data"]]
+
+
+def value(output):
+    """An output's value, whether it came plain or as a gr.update(value=..., visible=...)."""
+    return output.get("value") if isinstance(output, dict) and output.get("__type__") == "update" else output
+
+
+def user_models(table: dict) -> list[str]:
+    """The names in the zoo table, without the built-in ImageNet classifiers every zoo lists."""
+    return [row["name"] for row in table_rows(table) if row["name"] not in BUNDLED]
+
+
+# --- the zoo ----------------------------------------------------------------------------------------
+
+
+def test_an_empty_zoo_lists_nothing(client, app_zoo):
+    if any(path.name != "cache" for path in app_zoo.iterdir()):
+        pytest.skip("the zoo is not empty any more (tests ran out of order)")
+    table, _ = client.predict("", None, api_name="/list_zoo")
+    assert table["headers"] == ["name", "backbone", "strategy", "classes", "accuracy", "created"]
+    assert user_models(table) == []
+
+
+def test_fine_tune_an_uploaded_zip_end_to_end(trained, client, app_zoo):
+    updates, final, seconds = trained
+    status, curve, results, per_class, confusion = map(value, final[:5])
+    assert "Saved as `colours-fe`" in status
+    # the page got updates while it ran (the live curve is checked on a longer run below)
+    assert len(updates) >= 3 and all("Starting" in update[0] or "elapsed" in update[0] for update in updates[:-1])
+    metrics = {row[2] for row in curve["data"]}
+    assert metrics == {"train loss", "validation loss", "validation accuracy"}
+    assert max(row[0] for row in curve["data"]) >= 3  # several epochs plotted
+    # the results a user reads: accuracy on 6 validation images, per class, confusion matrix
+    assert "accuracy" in results and "On 6 validation images" in results
+    assert [row[0] for row in per_class["data"]] == ["blue", "green", "red"]
+    assert confusion["headers"][1:] == ["blue", "green", "red"]
+    matrix = [row[1:] for row in confusion["data"]]
+    assert sum(map(sum, matrix)) == 6
+    assert sum(matrix[i][i] for i in range(3)) >= 5  # colours are easy for an ImageNet backbone
+    assert (app_zoo / "colours-fe" / "model.safetensors").is_file()
+    print(f"fine-tune through the API: {seconds:.1f} s")
+
+
+def test_the_trained_model_is_listed_with_its_facts(trained, client):
+    table, selected = client.predict("", None, api_name="/list_zoo")
+    rows = {row["name"]: row for row in table_rows(table)}
+    row = rows["colours-fe"]
+    assert row["backbone"] == "tf_efficientnet_lite0" and row["strategy"] == "feature-extractor"
+    assert row["classes"] == "blue, green, red" and row["accuracy"].endswith("(val)")
+    assert value(selected) == "colours-fe"
+    table, _ = client.predict("green feature-extractor", None, api_name="/search_zoo")  # a class and a strategy
+    assert [row["name"] for row in table_rows(table)] == ["colours-fe"]
+    table, _ = client.predict("no-such-thing", None, api_name="/search_zoo")
+    assert table["data"] == []
+    card = client.predict("colours-fe", api_name="/model_card")
+    assert card.startswith("# colours-fe") and "feature-extractor" in card and "---" not in card[:3]
+
+
+def test_predict_names_the_colour_of_new_pictures(trained, client, held_out):
+    for colour, path in held_out.items():
+        answer = client.predict("colours-fe", handle_file(str(path)), 3, "", api_name="/predict")
+        assert answer["label"] == colour, answer
+        confidences = answer["confidences"]
+        assert len(confidences) == 3 and {c["label"] for c in confidences} == set(COLOURS)
+        assert confidences[0]["confidence"] >= confidences[-1]["confidence"]
+
+
+def test_predict_several_images_at_once(trained, client, held_out):
+    files = [handle_file(str(path)) for path in held_out.values()]
+    table = client.predict("colours-fe", files, 2, api_name="/predict_batch")
+    rows = table_rows(table)
+    assert [row["image"] for row in rows] == [path.name for path in held_out.values()]
+    assert [row["label"] for row in rows] == list(held_out)
+    assert all(0 < row["score"] <= 1 for row in rows)
+
+
+def test_predict_without_a_model_or_image_says_what_to_do(trained, client, held_out):
+    with pytest.raises(AppError, match="Pick a model first"):
+        client.predict(None, handle_file(str(held_out["red"])), 3, "", api_name="/predict")
+    with pytest.raises(AppError, match="Upload an image"):
+        client.predict("colours-fe", None, 3, "", api_name="/predict")
+    with pytest.raises(AppError, match="No model named 'gone'"):
+        client.predict("gone", handle_file(str(held_out["red"])), 3, "", api_name="/predict")
+
+
+# --- the dataset before training ---------------------------------------------------------------------
+
+
+def test_inspect_reports_classes_counts_thumbnails_and_skipped_files(client, tmp_path):
+    upload = colour_zip(tmp_path / "messy.zip", per_class=6,
+                        extra={"colours/red/notes.txt": b"hello", "colours/blue/broken.png": b"not a png"})
+    summary, counts, thumbs, skipped, *_ = client.predict(handle_file(str(upload)), api_name="/inspect_dataset")
+    assert "**colours**: 3 classes" in summary and "2 file(s) skipped" in summary
+    by_class = {}
+    for label, split, count in counts["data"]:
+        by_class.setdefault(label, {})[split] = count
+    assert by_class == {"blue": {"train": 5, "val": 1}, "green": {"train": 5, "val": 1}, "red": {"train": 5, "val": 1}}
+    assert len(thumbs) == 12 and {thumb["caption"] for thumb in thumbs} == set(COLOURS)
+    reasons = {file: reason for file, reason in value(skipped)["data"]}
+    assert reasons["red/notes.txt"] == "not an image (.txt)"
+    assert "not an image Pillow can read" in reasons["blue/broken.png"]
+
+
+def test_example_dataset_button_loads_the_digits(client):
+    example = client.predict(api_name="/example_dataset")
+    assert Path(example).name == "digits.zip"
+    summary, counts, thumbs, *_ = client.predict(handle_file(example), api_name="/inspect_dataset")
+    assert "**digits**: 10 classes, 160 training / 40 validation images" in summary
+    assert {row[0] for row in counts["data"]} == {str(digit) for digit in range(10)}
+    assert len(thumbs) == 40  # four per class
+
+
+@pytest.mark.parametrize(("make_upload", "message"), [
+    (lambda folder: folder / "photo.jpg", r"Invalid file type.*\.zip"),  # gradio's own check (file_types)
+    (lambda folder: colour_zip(folder / "one.zip", colours=("red",)), "need at least 2 class folders"),
+    (lambda folder: colour_zip(folder / "tiny.zip", per_class=1), "has no validation image"),
+    (lambda folder: folder / "fake.zip", "not a folder or a zip file"),
+])
+def test_bad_uploads_end_in_a_message_saying_what_to_fix(client, tmp_path, make_upload, message):
+    (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8 not really")
+    (tmp_path / "fake.zip").write_bytes(b"PK but no zip")
+    with pytest.raises(AppError, match=message) as error:
+        client.predict(handle_file(str(make_upload(tmp_path))), api_name="/inspect_dataset")
+    assert "Traceback" not in str(error.value)
+
+
+def test_upload_limits_are_explained(client, colours_zip, monkeypatch):
+    monkeypatch.setenv("APP_MAX_IMAGES", "20")
+    with pytest.raises(AppError, match="holds 36 images; this app takes at most 20"):
+        client.predict(handle_file(str(colours_zip)), api_name="/inspect_dataset")
+    monkeypatch.setenv("APP_MAX_IMAGES", "5000")
+    monkeypatch.setenv("APP_MAX_UPLOAD_MB", "1")
+    big = colours_zip.parent / "big.zip"
+    colour_zip(big, per_class=2, extra={"colours/padding.bin": np.random.default_rng(0).bytes(3 << 19)})
+    with pytest.raises(AppError, match=r"this app takes zips up to 1 MB"):
+        client.predict(handle_file(str(big)), api_name="/inspect_dataset")
+
+
+def test_training_refuses_bad_settings_before_starting(trained, client, colours_zip, app_zoo):
+    before = sorted(path.name for path in app_zoo.iterdir())
+    cases = [
+        (dict(zip_path=None), "Upload a .zip"),
+        (dict(name="colours-fe"), "already in the zoo"),
+        (dict(name="no/slashes"), "Invalid model name"),
+        (dict(image_size=5), "Image size must be a whole number from 16 to 1024"),
+        (dict(backbone="no_such_net"), "Unknown backbone 'no_such_net'"),
+    ]
+    for settings, message in cases:
+        zip_path = settings.pop("zip_path", colours_zip)
+        with pytest.raises(AppError, match=message):
+            train(client, zip_path, **settings).result()
+    assert sorted(path.name for path in app_zoo.iterdir()) == before
+
+
+# --- behaviour under use -------------------------------------------------------------------------------
+
+
+def test_predictions_answer_while_training_and_cancel_saves_nothing(trained, client, url, colours_zip, app_zoo,
+                                                                     held_out):
+    job = train(client, colours_zip, strategy="from-scratch", name="colours-cancelled", epochs=200)
+    deadline = time.monotonic() + 120
+    while not any(" · epoch " in update[0] for update in job.outputs()):
+        assert time.monotonic() < deadline and not job.done(), job.outputs()[-1:] or job.status()
+        time.sleep(0.2)
+    # the live curve: points arrive while the fit is still running
+    while not any(value(update[1]) for update in job.outputs()):
+        assert time.monotonic() < deadline and not job.done()
+        time.sleep(0.2)
+    assert {row[2] for row in value(job.outputs()[-1][1] or {"data": []})["data"]} <= {
+        "train loss", "validation loss", "validation accuracy"}
+    # another user predicts while the fit runs: answered at once, not queued behind it
+    other = Client(url, verbose=False)
+    answer = other.predict("colours-fe", handle_file(str(held_out["blue"])), 1, "", api_name="/predict")
+    assert answer["label"] == "blue" and not job.done()
+    # cancel (same session: the run lives in this user's state)
+    assert "Stopping" in client.predict(api_name="/cancel")
+    status, curve, *_ = job.result()
+    assert status == "**Cancelled.** Nothing was saved."
+    assert max(row[0] for row in curve["data"]) < 200  # from-scratch never stops early by itself
+    assert not (app_zoo / "colours-cancelled").exists()
+    assert not any(path.name.startswith(".staging") for path in app_zoo.iterdir())
+    assert client.predict(api_name="/cancel") == "Nothing is training right now."
+
+
+def test_rename_and_delete_locally(trained, client, app_zoo):
+    shutil.copytree(app_zoo / "colours-fe", app_zoo / "colours-copy")
+    message, selected = client.predict("colours-copy", "colours-renamed", api_name="/rename_model")
+    assert "Renamed **colours-copy** to **colours-renamed**" in message and selected == "colours-renamed"
+    with pytest.raises(AppError, match="already exists"):
+        client.predict("colours-renamed", "colours-fe", api_name="/rename_model")
+    assert "Deleted **colours-renamed**" in client.predict("colours-renamed", api_name="/delete_model")
+    table, _ = client.predict("", None, api_name="/list_zoo")
+    assert user_models(table) == ["colours-fe"]
+    with pytest.raises(AppError, match="No model named 'colours-renamed'"):
+        client.predict("colours-renamed", api_name="/delete_model")
+
+
+@pytest.mark.parametrize("sign_in", ["configured", "missing"])
+def test_on_a_space_visitors_cannot_delete_rename_or_use_the_hub(trained, client, app_zoo, monkeypatch, sign_in):
+    monkeypatch.setenv("SPACE_ID", "alice/transfer-zoo")
+    monkeypatch.setenv("HF_TOKEN", "hf_the_space_owners_secret")
+    if sign_in == "configured":
+        monkeypatch.setenv("OAUTH_CLIENT_ID", "the-spaces-oauth-app")
+    expected = r"Sign in with Hugging Face.* owner \(alice\)" if sign_in == "configured" else r"only its owner \(alice\)"
+    for call, arguments in [("/delete_model", ("colours-fe",)), ("/rename_model", ("colours-fe", "mine")),
+                            ("/push_model", ("colours-fe", "mallory/stolen", False)),
+                            ("/pull_model", ("mallory/bad", "")), ("/list_hub_models", ("alice",))]:
+        with pytest.raises(AppError, match=expected) as error:
+            client.predict(*arguments, api_name=call)
+        assert "hf_the_space_owners_secret" not in str(error.value)
+    assert (app_zoo / "colours-fe" / "model.safetensors").is_file()
+    # browsing and predicting stay open to everyone
+    table, _ = client.predict("", None, api_name="/list_zoo")
+    assert "colours-fe" in [row["name"] for row in table_rows(table)]
+
+
+def test_only_the_signed_in_owner_passes_on_a_space():
+    import gradio as gr
+
+    from app import AppConfig, require_owner
+
+    def profile(username: str) -> gr.OAuthProfile:
+        return gr.OAuthProfile({"name": username, "preferred_username": username, "profile": "", "picture": ""})
+
+    space = AppConfig.from_env({"SPACE_ID": "Alice/zoo", "OAUTH_CLIENT_ID": "x", "APP_ADMINS": "bob"})
+    assert space.owners == ("alice", "bob") and space.max_train_seconds == 600
+    require_owner("delete models", profile("alice"), space)
+    require_owner("delete models", profile("bob"), space)
+    with pytest.raises(gr.Error, match="Sign in with Hugging Face"):
+        require_owner("delete models", None, space)
+    with pytest.raises(gr.Error, match="you are signed in as mallory"):
+        require_owner("delete models", profile("mallory"), space)
+    local = AppConfig.from_env({})
+    assert not local.on_space and local.max_train_seconds is None
+    require_owner("delete models", None, local)  # locally everything is allowed
+
+
+def test_importing_the_app_builds_the_page_without_serving_or_analytics(tmp_path):
+    code = "import app, os; print(type(app.demo).__name__, app.demo.local_url, os.environ['GRADIO_ANALYTICS_ENABLED'])"
+    done = run_python(code, env={"ZOO_DIR": str(tmp_path), "GRADIO_ANALYTICS_ENABLED": "True"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "Blocks None False"
+    assert not (tmp_path / "cache").exists()  # nothing converted or loaded at import
