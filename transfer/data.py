@@ -20,6 +20,7 @@ import io
 import os
 import random
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -110,14 +111,20 @@ class Dataset:
                 return budget.read_member(archive, archive.getinfo(relpath), relpath)
         return budget.read_file(self.source / relpath, relpath)
 
-    def read_bytes(self, samples: Sequence[Sample]) -> Iterator[tuple[Sample, bytes]]:
-        """Each sample's file content, with the upload limits enforced on what is actually read."""
+    def read_bytes(self, samples: Sequence[Sample]) -> Iterator[tuple[Sample, bytes | UnreadableEntry]]:
+        """Each sample's file content, with the upload limits enforced on what is actually read.
+
+        A damaged zip entry comes back as an `UnreadableEntry` (the sample is skipped, with the
+        reason); a limit that is exceeded raises `DataError` (the whole upload is refused)."""
         budget = _ReadBudget(self.limits)
         if self.is_zip:
             with zipfile.ZipFile(self.source) as archive:
                 for sample in samples:
                     info = archive.getinfo(self.prefix + sample.relpath)
-                    yield sample, budget.read_member(archive, info, sample.relpath)
+                    try:
+                        yield sample, budget.read_member(archive, info, sample.relpath)
+                    except UnreadableEntry as problem:
+                        yield sample, problem
         else:
             for sample in samples:
                 yield sample, budget.read_file(self.source / self.prefix / sample.relpath, sample.relpath)
@@ -154,8 +161,8 @@ def load_dataset(
         raise DataError(f"{source} does not exist: give a folder of class folders or a .zip of one")
     if source.is_file() and not zipfile.is_zipfile(source):
         raise DataError(f"{source.name} is not a folder or a zip file")
-    listing, folders = _list_zip(source, limits) if source.is_file() else _list_folder(source, limits)
-    files, skipped = [], []
+    listing, folders, links = _list_zip(source, limits) if source.is_file() else _list_folder(source, limits)
+    files, skipped = [], [(link, "symbolic link, not followed") for link in links]
     metadata = [path for path in listing if PurePosixPath(path).name in METADATA_NAMES
                 and not any(part.startswith(".") or part in JUNK_NAMES for part in PurePosixPath(path).parts)]
     for path in listing:
@@ -194,8 +201,10 @@ def decode_images(
     """
     from transfer import Cancelled
 
-    def decode(item: tuple[Sample, bytes]) -> tuple[Image.Image | None, str, str | None]:
+    def decode(item: tuple[Sample, bytes | UnreadableEntry]) -> tuple[Image.Image | None, str, str | None]:
         sample, content = item
+        if isinstance(content, UnreadableEntry):
+            return None, f"unreadable:{sample.relpath}", str(content)
         digest = hashlib.sha1(content).hexdigest()
         try:
             image = open_image(content, shorter_side=shorter_side, max_pixels=dataset.limits.max_pixels,
@@ -232,7 +241,8 @@ def decode_images(
 
 def content_hashes(dataset: Dataset, samples: Sequence[Sample]) -> list[str]:
     """sha1 of each sample's file bytes (what feature caches are keyed by), without decoding."""
-    return [hashlib.sha1(content).hexdigest() for _, content in dataset.read_bytes(samples)]
+    return [f"unreadable:{sample.relpath}" if isinstance(content, UnreadableEntry) else hashlib.sha1(content).hexdigest()
+            for sample, content in dataset.read_bytes(samples)]
 
 
 def drop_failed(dataset: Dataset, errors: dict[str, str]) -> None:
@@ -341,6 +351,29 @@ def _normalise(path: str) -> str:
 # --- scanning ----------------------------------------------------------------------------------------
 
 
+RATIO_CHECK_BYTES = 8 << 20
+
+
+def _size(count: int) -> str:
+    return f"{count / (1 << 20):.0f} MB" if count >= 1 << 20 else f"{count / 1024:.1f} KB"
+
+
+class UnreadableEntry(Exception):
+    """A zip entry that cannot be decompressed (damaged, encrypted, unsupported method)."""
+
+
+ZIP_ENTRY_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError)
+
+
+def _zip_entry_problem(error: Exception) -> str:
+    text = str(error)
+    if "encrypted" in text or "password" in text:
+        return "encrypted zip entry; zip the images without a password"
+    if isinstance(error, NotImplementedError):
+        return f"zip compression method not supported ({text}); use plain zip (deflate)"
+    return f"damaged zip entry ({text or type(error).__name__})"
+
+
 class _ReadBudget:
     def __init__(self, limits: Limits):
         self.limits = limits
@@ -348,11 +381,16 @@ class _ReadBudget:
 
     def read_member(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> bytes:
         cap = self.limits.max_file_bytes
-        with archive.open(info) as handle:
-            content = handle.read(cap + 1)
+        try:
+            with archive.open(info) as handle:
+                content = handle.read(cap + 1)
+        except ZIP_ENTRY_ERRORS as error:
+            raise UnreadableEntry(_zip_entry_problem(error)) from None
         if len(content) > cap:
-            raise DataError(f"{name} is larger than {cap >> 20} MB uncompressed; remove or shrink it")
-        if info.compress_size and len(content) / info.compress_size > self.limits.max_compression_ratio:
+            raise DataError(f"{name} is larger than {_size(cap)} uncompressed; remove or shrink it")
+        # a huge expansion is the mark of a zip bomb; small flat images (a white BMP) may legitimately
+        # compress very well, so the ratio only counts for entries over a few megabytes
+        if len(content) > RATIO_CHECK_BYTES and len(content) / max(info.compress_size, 1) > self.limits.max_compression_ratio:
             raise DataError(f"{name} expands {len(content) // max(info.compress_size, 1)}x when "
                             "unpacked: the zip looks like a zip bomb and was refused")
         return self._count(content, name)
@@ -362,36 +400,38 @@ class _ReadBudget:
         with open(path, "rb") as handle:
             content = handle.read(cap + 1)
         if len(content) > cap:
-            raise DataError(f"{name} is larger than {cap >> 20} MB; remove or shrink it")
+            raise DataError(f"{name} is larger than {_size(cap)}; remove or shrink it")
         return self._count(content, name)
 
     def _count(self, content: bytes, name: str) -> bytes:
         self.total += len(content)
         if self.total > self.limits.max_total_bytes:
-            raise DataError(f"the data is larger than {self.limits.max_total_bytes >> 20} MB in all "
+            raise DataError(f"the data is larger than {_size(self.limits.max_total_bytes)} in all "
                             f"(reached at {name}); use fewer or smaller images")
         return content
 
 
-def _list_folder(root: Path, limits: Limits) -> tuple[list[str], list[str]]:
-    """(files, folders) under `root`, as relative POSIX paths."""
+def _list_folder(root: Path, limits: Limits) -> tuple[list[str], list[str], list[str]]:
+    """(files, folders, symbolic links) under `root`, as relative POSIX paths."""
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
-    paths, folders = [], []
+    paths, folders, symlinks = [], [], []
     for dirpath, dirnames, filenames in os.walk(root):  # does not follow symlinked folders
         dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in JUNK_NAMES]
         folders += [(Path(dirpath) / d).relative_to(root).as_posix() for d in dirnames]
         for filename in filenames:
             full = Path(dirpath) / filename
-            if full.is_symlink():
-                continue  # a link may point anywhere on the machine: never read through one
-            paths.append(full.relative_to(root).as_posix())
+            relative = full.relative_to(root).as_posix()
+            if full.is_symlink():  # a link may point anywhere on the machine: never read through one
+                symlinks.append(relative)
+                continue
+            paths.append(relative)
             if len(paths) > limits.max_files:
                 raise DataError(f"{root.name} holds more than {limits.max_files} files; use fewer images")
-    return sorted(paths), sorted(folders)
+    return sorted(paths), sorted(folders), sorted(symlinks)
 
 
-def _list_zip(source: Path, limits: Limits) -> tuple[list[str], list[str]]:
+def _list_zip(source: Path, limits: Limits) -> tuple[list[str], list[str], list[str]]:
     """(files, folders) in the zip; refuses absolute paths, '..' and symbolic links."""
     try:
         with zipfile.ZipFile(source) as archive:
@@ -412,7 +452,7 @@ def _list_zip(source: Path, limits: Limits) -> tuple[list[str], list[str]]:
             folders.append(name.rstrip("/"))
         else:
             paths.append(name)
-    return sorted(paths), sorted(folders)
+    return sorted(paths), sorted(folders), []  # a symbolic link in a zip refuses the whole zip
 
 
 def _junk_or_reason(path: str) -> str | None:
@@ -526,6 +566,8 @@ def _header_problems(dataset: Dataset, samples: list[Sample], max_pixels: int) -
                 width, height = image.size
         except Image.DecompressionBombError:
             return "declares an enormous number of pixels (decompression bomb?)"
+        except (zipfile.BadZipFile, zlib.error) as error:
+            return _zip_entry_problem(error)
         except Exception as error:  # Pillow raises many types for garbage input
             return "not an image Pillow can read" if "cannot identify" in str(error) else f"unreadable ({error})"
         if width * height > max_pixels:
@@ -535,8 +577,12 @@ def _header_problems(dataset: Dataset, samples: list[Sample], max_pixels: int) -
     if dataset.is_zip:
         with zipfile.ZipFile(dataset.source) as archive:
             for sample in samples:
-                with archive.open(dataset.prefix + sample.relpath) as handle:
-                    yield check(handle)
+                try:
+                    with archive.open(dataset.prefix + sample.relpath) as handle:
+                        problem = check(handle)
+                except ZIP_ENTRY_ERRORS as error:
+                    problem = _zip_entry_problem(error)
+                yield problem
     else:
         for sample in samples:
             with open(dataset.source / dataset.prefix / sample.relpath, "rb") as handle:
