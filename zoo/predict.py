@@ -6,13 +6,17 @@
     # -> [[{"label": "cat", "score": 0.97}, ...], [...]]
 
 Images go through `zoo.images` (any mode or size) and the model's own preprocessing, exactly as in
-training. The cache is keyed by the model's name AND the identity of its files (a save replaces
-the folder, so a replaced model is a new key), and every request re-reads the entry, so a replaced
-or deleted model is never served stale.
+training. The cache is keyed by the model's name AND its content (the bytes of transfer.json and a
+digest of model.safetensors, memoised per file version), and every request re-reads the entry,
+so a replaced, re-imported or deleted model is never served stale.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from zoo import ZooError, zoo_dir
 from zoo.images import ImageSource, open_image
@@ -46,12 +51,17 @@ class ModelCache:
 
     def get(self, name: str, *, zoo: str | Path | None = None) -> LoadedModel:
         entry = read_entry(name, zoo=zoo)  # raises ZooError if deleted or damaged
-        key = (str(zoo_dir(zoo)), name, _identity(entry.path))
+        key = (str(zoo_dir(zoo)), name, _identity(entry))
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-        model, entry = load_model(name, zoo=zoo)
+        for _ in range(3):  # a save may replace the model while it loads: load until it holds still
+            model, entry = load_model(name, zoo=zoo)
+            loaded_key = (str(zoo_dir(zoo)), name, _identity(entry))
+            if loaded_key == key:
+                break
+            key = loaded_key
         loaded = LoadedModel(name=name, model=model.to(memory_format=torch.channels_last), spec=entry.spec,
                              entry=entry)
         with self._lock:
@@ -80,6 +90,10 @@ def predict(
 
     texts: for image+text models, one text per image (None or "" where there is none); an image
     may be None where only the text is known. Either alone still gives an answer."""
+    if top_k < 1:
+        raise ZooError(f"top_k must be 1 or more, not {top_k}.")
+    if isinstance(images, (str, Path, bytes, Image.Image)) or hasattr(images, "read"):
+        images = [images]  # one image (a path, bytes, an open file or a PIL image), not a batch
     loaded = model if isinstance(model, LoadedModel) else (cache or ModelCache(1)).get(model, zoo=zoo)
     probs = probabilities(loaded, images, texts=texts)
     k = max(1, min(top_k, loaded.spec.num_classes))
@@ -124,10 +138,24 @@ def probabilities(loaded: LoadedModel, images: Sequence[ImageSource | None], bat
     return torch.cat(outputs)
 
 
-def _identity(path: Path) -> tuple:
-    """Changes whenever the model's files are replaced (a save renames a new folder into place)."""
-    parts = []
-    for name in ("model.safetensors", "transfer.json"):
-        stat = (path / name).stat()
-        parts.append((stat.st_ino, stat.st_size, stat.st_mtime_ns))
-    return tuple(parts)
+def _identity(entry: ZooEntry) -> tuple:
+    """What the model IS: transfer.json's bytes (they differ between any two saves) and a digest
+    of the weights, memoised per file version (inode, size, times), so a request costs a stat."""
+    if entry.builtin:  # weights from the installed package: its version is their identity
+        return ("builtin", json.dumps(entry.info.get("builtin"), sort_keys=True))
+    try:
+        description = (entry.path / "transfer.json").read_bytes()
+        stat = os.stat(entry.path / "model.safetensors")
+    except FileNotFoundError:
+        raise ZooError(f"Model '{entry.name}' was removed or replaced just now; try again.") from None
+    version = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    return hashlib.sha256(description).hexdigest(), _weights_digest(str(entry.path / "model.safetensors"), version)
+
+
+@functools.lru_cache(maxsize=64)
+def _weights_digest(path: str, version: tuple) -> str:  # `version` keys the memo
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

