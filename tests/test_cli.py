@@ -15,7 +15,7 @@ def test_fit_json_contract(tmp_path):
     for key in ("name", "strategy", "backbone", "classes", "num_train", "num_val", "metrics",
                 "metrics_split", "train_seconds", "path"):
         assert key in result, key
-    assert result["name"] == "cli-digits" and result["strategy"] == "feature-extractor"
+    assert result["name"] == "cli-digits" and result["strategy"] == result["advice"]["strategy"]  # default: auto
     assert result["classes"] == [str(d) for d in range(10)]
     assert (result["num_train"], result["num_val"]) == (160, 40)
     assert result["metrics"]["accuracy"] > 0.5 and "macro_f1" in result["metrics"]  # chance: 0.10

@@ -1,8 +1,14 @@
-"""Command line: `python -m transfer fit DATA [options]`.
+"""Command line: `python -m transfer fit|advise|compare DATA [options]`.
 
-With --json the LAST line of stdout is one JSON object (name, strategy, backbone, classes,
-num_train, num_val, metrics, metrics_split, train_seconds, path, ...). Bad input: a one-line
-message on stderr and exit code 2; a cancelled run (Ctrl-C) exits 130 and saves nothing.
+    fit      train one model (strategy `auto` by default: advise, then fit) and save it in the zoo
+    advise   measure the data and say which strategy suits it, and why (nothing is trained)
+    compare  fit all four strategies on the same split within a time budget; table and chart
+
+With --json the LAST line of stdout is one JSON object: fit's result (name, strategy, backbone,
+classes, num_train, num_val, metrics, metrics_split, train_seconds, path, advice, ...), the advice
+(strategy, size, similarity, reasons, ...) or the comparison (id, rows, advice, chart, ...). Bad
+input: a one-line message on stderr and exit code 2; a cancelled run (Ctrl-C) exits 130 and saves
+nothing (a comparison keeps the runs that had finished).
 """
 
 from zoo._malloc import tune_malloc
@@ -17,32 +23,55 @@ import sys  # noqa: E402
 from transfer import Cancelled, DataError  # noqa: E402
 from zoo import ZooError  # noqa: E402
 
-STRATEGY_NAMES = ("feature-extractor", "shallow", "fine-tune", "from-scratch")
+STRATEGY_NAMES = ("auto", "feature-extractor", "shallow", "fine-tune", "from-scratch")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m transfer", description="Fine-tune pretrained backbones on your images.")
     commands = parser.add_subparsers(dest="command", required=True)
     fit = commands.add_parser("fit", help="train a classifier on a folder or zip of class folders and save it in the zoo")
-    fit.add_argument("data", help="folder of class folders (or train/ val/ [test/] folders), or a .zip of one")
-    fit.add_argument("--backbone", default="tf_efficientnet_lite0",
-                     help="bundled tf_efficientnet_lite0/1/2 (offline), zoo:NAME, ARCH@file.safetensors, or a timm name (online)")
-    fit.add_argument("--strategy", default="feature-extractor", choices=STRATEGY_NAMES,
-                     help="transfer strategy (default: feature-extractor)")
-    fit.add_argument("--epochs", type=int, help="passes over the images (trainable strategies; default 6)")
-    fit.add_argument("--image-size", type=int, help="input size in px (default: 224 frozen, 128 trainable)")
-    fit.add_argument("--batch-size", type=int, default=32)
+    _data_and_backbone_options(fit)
+    fit.add_argument("--strategy", default="auto", choices=STRATEGY_NAMES,
+                     help="transfer strategy (default: auto, chosen from the data's size and similarity)")
     fit.add_argument("--max-seconds", type=float, help="time budget; training stops early to stay within it")
     fit.add_argument("--name", help="model name in the zoo (default: DATA-STRATEGY-TIMESTAMP)")
-    fit.add_argument("--zoo", help="zoo folder (default: $ZOO_DIR or ~/.local/share/transfer-zoo)")
     fit.add_argument("--overwrite", action="store_true", help="replace a model of the same name")
     fit.add_argument("--text-encoder", metavar="minilm|hashing|NAME|none",
                      help="for data with a metadata.jsonl/csv of texts: minilm (default, bundled), hashing, "
                           "a sentence-transformers model name (online), or none to ignore the texts")
-    fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
-    fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    _output_options(fit)
+
+    advise = commands.add_parser("advise", help="say which strategy suits the data, and why (trains nothing)")
+    _data_and_backbone_options(advise)
+    advise.add_argument("--budget-seconds", type=float,
+                        help="time the fit may take: strategies estimated to need more are passed over")
+    _output_options(advise)
+
+    compare = commands.add_parser("compare", help="fit all four strategies on the same split within a time budget")
+    _data_and_backbone_options(compare)
+    compare.add_argument("--budget-seconds", type=float,
+                         help="time for the whole comparison, shared by the runs in proportion to their estimates")
+    compare.add_argument("--strategies", nargs="+", choices=STRATEGY_NAMES[1:], default=list(STRATEGY_NAMES[1:]),
+                         help="the strategies to run (default: all four)")
+    compare.add_argument("--name", help="comparison id and prefix of its models' names (default: DATA-TIMESTAMP)")
+    _output_options(compare)
     return parser
+
+
+def _data_and_backbone_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("data", help="folder of class folders (or train/ val/ [test/] folders), or a .zip of one")
+    command.add_argument("--backbone", default="tf_efficientnet_lite0",
+                         help="bundled tf_efficientnet_lite0/1/2 (offline), zoo:NAME, ARCH@file.safetensors, or a timm name (online)")
+    command.add_argument("--epochs", type=int, help="passes over the images (trainable strategies; default 5)")
+    command.add_argument("--image-size", type=int, help="input size in px (default: 224 frozen, 128 trainable)")
+    command.add_argument("--batch-size", type=int, default=32)
+    command.add_argument("--zoo", help="zoo folder (default: $ZOO_DIR or ~/.local/share/transfer-zoo)")
+
+
+def _output_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--seed", type=int, default=0)
+    command.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
+    command.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,11 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "fit":
             return _fit(args)
+        if args.command == "advise":
+            return _advise(args)
+        if args.command == "compare":
+            return _compare(args)
     except (DataError, ZooError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (Cancelled, KeyboardInterrupt):
-        print("cancelled: nothing was saved", file=sys.stderr)
+        kept = "; the runs that had finished are kept in the zoo" if args.command == "compare" else ""
+        print(f"cancelled: nothing was saved{' of the running fit' if kept else ''}{kept}", file=sys.stderr)
         return 130
     return 1
 
@@ -86,16 +120,71 @@ def _fit(args: argparse.Namespace) -> int:
         m = result.metrics
         print(f"{result.name}: {result.strategy} on {result.backbone}, {len(result.classes)} classes, "
               f"{result.num_train} train / {result.num_val} val images")
+        if result.advice:
+            print(f"  auto chose {result.strategy}: {' '.join(result.advice['reasons'])}")
         print(f"  {result.metrics_split} accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} "
               f"in {result.train_seconds:.1f} s")
         print(f"  saved to {result.path}")
     return 0
 
 
+def _advise(args: argparse.Namespace) -> int:
+    from transfer.advise import advise
+
+    bar = None if args.quiet else ProgressBar()
+    try:
+        advice = advise(args.data, backbone=args.backbone, zoo=args.zoo, image_size=args.image_size,
+                        epochs=args.epochs, budget_seconds=args.budget_seconds, batch_size=args.batch_size,
+                        seed=args.seed, progress=bar)
+    finally:
+        if bar:
+            bar.close()
+    if args.json:
+        print(json.dumps(advice.to_json()))
+        return 0
+    size, similarity = advice.size, advice.similarity
+    print(f"strategy: {advice.strategy}")
+    for reason in advice.reasons:
+        print(f"  {reason}")
+    print(f"size: {size['num_train']} training images, {size['num_classes']} classes, "
+          f"{size['median_per_class']:g} per class (median; smallest {size['smallest_class']}): {size['size_class']}")
+    shift = similarity["feature_shift"]
+    stages = " ".join(f"{accuracy:.2f}" for accuracy in similarity["stage_accuracy"])
+    print(f"similarity: {'similar' if similarity['similar'] else 'different'}; feature shift "
+          f"{'n/a' if shift is None else f'{shift:.3f}'} (similar up to {advice.thresholds['shift_similar']:g}); "
+          f"probe accuracy by stage [{stages}], final {similarity['final_accuracy']:.2f} "
+          f"({similarity['probe_images']} images at {similarity['image_size']} px)")
+    print("estimated seconds: " + ", ".join(f"{name} {seconds:g}" for name, seconds in advice.estimated_seconds.items())
+          + (f" (budget {advice.budget_seconds:g})" if advice.budget_seconds else ""))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from transfer.compare import compare
+
+    bar = None if args.quiet else ProgressBar()
+    try:
+        comparison = compare(args.data, backbone=args.backbone, budget_seconds=args.budget_seconds,
+                             image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
+                             strategies=args.strategies, name=args.name, zoo=args.zoo, seed=args.seed, progress=bar)
+    finally:
+        if bar:
+            bar.close()
+    if args.json:
+        print(json.dumps(comparison.to_json()))
+        return 0
+    print(comparison.table())
+    if comparison.advice:
+        print(f"auto would choose {comparison.advised}: {' '.join(comparison.advice['reasons'])}")
+    print(f"models: {', '.join(row.name for row in comparison.rows if row.name)}")
+    print(f"chart: {comparison.chart}")
+    return 0
+
+
 class ProgressBar:
     """Renders `transfer.train.Progress` events on stderr: one tqdm bar per stage, a line per epoch."""
 
-    UNITS = {"read": "img", "features": "img", "train": "step"}  # other stages count epochs
+    UNITS = {"read": "img", "features": "img", "train": "step", "probe": "stage"}  # other stages count epochs
 
     def __init__(self):
         self.bar = None
@@ -104,7 +193,7 @@ class ProgressBar:
     def __call__(self, event) -> None:
         from tqdm import tqdm
 
-        if event.stage in ("start", "save", "evaluate"):
+        if event.stage in ("start", "save", "evaluate", "advice", "compare"):
             self.close()
             if event.message:
                 print(event.message, file=sys.stderr)

@@ -72,6 +72,7 @@ class FitResult:
     details: dict[str, Any] = field(default_factory=dict)  # e.g. the shallow cut search
     ablation: dict[str, float] | None = None  # image+text: validation accuracy per input combination
     stopped_by_budget: bool = False
+    advice: dict[str, Any] | None = None  # strategy="auto": what was chosen and why (transfer.advise)
     model: torch.nn.Module | None = field(default=None, repr=False, compare=False)  # as saved
 
     def to_json(self) -> dict[str, Any]:
@@ -102,6 +103,8 @@ def fit(
 ) -> FitResult:
     """Fine-tune `backbone` on `data` under `strategy` and save the model in the zoo.
 
+    strategy: one of `transfer.strategies.STRATEGIES`, or "auto": measure the data and choose
+        (`transfer.advise`, within max_seconds); the advice is saved in transfer.json.
     epochs: passes over the images for trainable strategies (default: the strategy's); for frozen
         ones, the most epochs the head may train on cached features.
     max_seconds: time budget for the whole fit; training stops early (keeping its best epoch) to
@@ -112,7 +115,7 @@ def fit(
         ignore the text. The model then fuses image and text and still answers from either alone.
     """
     started = time.monotonic()
-    plan = get_strategy(strategy)
+    plan = None if strategy == "auto" else get_strategy(strategy)  # an unknown name fails before any work
     if name is not None:
         validate_name(name)
     if batch_size < 2:
@@ -120,6 +123,14 @@ def fit(
     run = Run(progress=progress, should_stop=should_stop,
               deadline=started + max_seconds if max_seconds else None)
     dataset = data if isinstance(data, Dataset) else load_dataset(data, val_fraction=val_fraction, seed=seed)
+    advice = None
+    if plan is None:  # auto: its frozen pass fills the feature cache that a frozen fit then reads
+        from transfer.advise import advise
+
+        advice = advise(dataset, backbone=backbone, zoo=zoo, image_size=image_size, epochs=epochs,
+                        budget_seconds=max_seconds - (time.monotonic() - started) if max_seconds else None,
+                        batch_size=batch_size, progress=progress, should_stop=should_stop).to_json()
+        plan = get_strategy(advice["strategy"])
     weights = _weights_for(plan, backbone, zoo)
     size = image_size or plan.image_size or int(weights.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
     if not 16 <= size <= 1024:
@@ -159,6 +170,7 @@ def fit(
         "text": {"encoder": encoder, "report": dataset.text_report} if encoder else None,
         "parameters": {"trainable": trainable, "total": total},
         "stopped_by_budget": run.budget_hit,
+        "advice": advice,
         "settings": {"image_size": spec.image_size, "epochs": outcome.epochs, "batch_size": batch_size,
                      "max_seconds": max_seconds, "seed": seed, "val_fraction": val_fraction},
         "train_seconds": train_seconds,
@@ -175,7 +187,7 @@ def fit(
         metrics=metrics, metrics_split=split, train_seconds=train_seconds, history=outcome.history,
         skipped=list(dataset.skipped), warnings=list(dataset.warnings), trainable_parameters=trainable,
         total_parameters=total, image_size=spec.image_size, details=outcome.details,
-        ablation=outcome.ablation, stopped_by_budget=run.budget_hit, model=model,
+        ablation=outcome.ablation, stopped_by_budget=run.budget_hit, advice=advice, model=model,
     )
 
 

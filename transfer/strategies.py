@@ -91,7 +91,8 @@ def get_strategy(name: str) -> Strategy:
     try:
         return STRATEGIES[name]
     except KeyError:
-        raise DataError(f"Unknown strategy '{name}'; choose one of: {', '.join(STRATEGIES)}") from None
+        raise DataError(f"Unknown strategy '{name}'; choose one of: {', '.join(STRATEGIES)}, "
+                        "or 'auto' to let the fit choose from the data") from None
 
 
 # --- how long a fit takes --------------------------------------------------------------------------
@@ -115,10 +116,13 @@ def estimate_seconds(
     image_size: int | None = None,
     epochs: int | None = None,
     architecture: str = "tf_efficientnet_lite0",
+    features_cached: bool = False,
 ) -> float:
-    """Rough wall-clock seconds for a fit on a 2-core CPU (no feature cache hit), for ETAs and budgets.
+    """Rough wall-clock seconds for a fit on a 2-core CPU, for ETAs and budgets.
 
     num_eval: validation + test images. image_size / epochs default to the strategy's own.
+    features_cached: the frozen features of these images at this size are already in the cache
+    (e.g. `transfer.advise` just computed them), so the one backbone pass and the decoding are free.
     """
     plan = get_strategy(strategy)
     size = image_size or plan.image_size or 224
@@ -127,8 +131,10 @@ def estimate_seconds(
     infer = scale * (INFERENCE_SECONDS[0] + INFERENCE_SECONDS[1] * pixels)
     train = scale * (TRAIN_SECONDS[0] + TRAIN_SECONDS[1] * pixels)
     images = num_train + num_eval
-    seconds = FIXED_SECONDS + images * DECODE_SECONDS + HEAD_SECONDS[plan.name]
-    if not plan.trains_backbone or plan.head_warmup:
+    seconds = FIXED_SECONDS + HEAD_SECONDS[plan.name]
+    if plan.trains_backbone or not features_cached:
+        seconds += images * DECODE_SECONDS
+    if (not plan.trains_backbone or plan.head_warmup) and not features_cached:
         seconds += images * infer  # the one pass that fills the feature cache
     if plan.trains_backbone:
         passes = epochs or plan.epochs
