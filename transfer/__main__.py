@@ -19,10 +19,13 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import TypeVar  # noqa: E402
 
 from transfer import Cancelled, DataError  # noqa: E402
 from zoo import ZooError  # noqa: E402
 
+T = TypeVar("T")
 STRATEGY_NAMES = ("auto", "feature-extractor", "shallow", "fine-tune", "from-scratch")
 
 
@@ -131,14 +134,9 @@ def _fit(args: argparse.Namespace) -> int:
 def _advise(args: argparse.Namespace) -> int:
     from transfer.advise import advise
 
-    bar = None if args.quiet else ProgressBar()
-    try:
-        advice = advise(args.data, backbone=args.backbone, zoo=args.zoo, image_size=args.image_size,
-                        epochs=args.epochs, budget_seconds=args.budget_seconds, batch_size=args.batch_size,
-                        seed=args.seed, progress=bar)
-    finally:
-        if bar:
-            bar.close()
+    advice = _with_progress_bar(args, lambda bar: advise(
+        args.data, backbone=args.backbone, zoo=args.zoo, image_size=args.image_size, epochs=args.epochs,
+        budget_seconds=args.budget_seconds, batch_size=args.batch_size, seed=args.seed, progress=bar))
     if args.json:
         print(json.dumps(advice.to_json()))
         return 0
@@ -162,14 +160,10 @@ def _advise(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from transfer.compare import compare
 
-    bar = None if args.quiet else ProgressBar()
-    try:
-        comparison = compare(args.data, backbone=args.backbone, budget_seconds=args.budget_seconds,
-                             image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
-                             strategies=args.strategies, name=args.name, zoo=args.zoo, seed=args.seed, progress=bar)
-    finally:
-        if bar:
-            bar.close()
+    comparison = _with_progress_bar(args, lambda bar: compare(
+        args.data, backbone=args.backbone, budget_seconds=args.budget_seconds, image_size=args.image_size,
+        epochs=args.epochs, batch_size=args.batch_size, strategies=args.strategies, name=args.name, zoo=args.zoo,
+        seed=args.seed, progress=bar))
     if args.json:
         print(json.dumps(comparison.to_json()))
         return 0
@@ -179,6 +173,16 @@ def _compare(args: argparse.Namespace) -> int:
     print(f"models: {', '.join(row.name for row in comparison.rows if row.name)}")
     print(f"chart: {comparison.chart}")
     return 0
+
+
+def _with_progress_bar(args: argparse.Namespace, work: Callable[["ProgressBar | None"], T]) -> T:
+    """Run `work(bar)` with a progress bar on stderr (None with --quiet), closed however it ends."""
+    bar = None if args.quiet else ProgressBar()
+    try:
+        return work(bar)
+    finally:
+        if bar:
+            bar.close()
 
 
 class ProgressBar:

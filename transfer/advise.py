@@ -204,7 +204,7 @@ def _size_sentence(size: SizeMeasure) -> str:
         "very large": "plenty, even for training a network from scratch",
     }[size.size_class]
     return (f"You have {size.num_train} training images in {size.num_classes} classes, about "
-            f"{size.median_per_class:g} per class: {verdict}.")
+            f"{size.median_per_class:.0f} per class: {verdict}.")
 
 
 def _similarity_sentence(similarity: SimilarityMeasure, similar: bool) -> str:

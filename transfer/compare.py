@@ -117,6 +117,9 @@ class Comparison:
                 continue
             lines.append(f"{row.strategy:<18} {row.accuracy:>8.3f} {row.macro_f1:>8.3f} {row.seconds:>8.1f} "
                          f"{row.trainable_parameters:>17,}  {', '.join(notes)}")
+        if self.advice and self.advice.get("seconds") is not None:
+            lines.append(f"(the advice took {self.advice['seconds']:.1f} s; when the data is small its frozen pass "
+                         "is the one feature-extractor and shallow reuse, so their seconds leave it out)")
         return "\n".join(lines)
 
 
@@ -327,7 +330,7 @@ def draw_chart(comparison: Comparison) -> bytes:
     height = 60 + row_height * len(comparison.rows) + 30
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    draw.text((10, 10), f"{comparison.dataset}: four strategies, one split", fill="black", font=font)
+    draw.text((10, 10), f"{comparison.dataset}: {len(comparison.rows)} strategies, one split", fill="black", font=font)
     legend_x = 10
     for metric, colour in CHART_COLOURS.items():
         draw.rectangle((legend_x, 34, legend_x + 12, 46), fill=colour)
