@@ -43,6 +43,7 @@ import functools  # noqa: E402
 import inspect  # noqa: E402
 import logging  # noqa: E402
 import queue  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -216,10 +217,17 @@ def zoo_rows(query: str = "") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=ZOO_COLUMNS)
 
 
-def _classes_text(classes: list[str], shown: int = 6) -> str:
-    if len(classes) <= shown:
-        return ", ".join(classes)
-    return ", ".join(classes[:shown]) + f", … ({len(classes)})"
+def _classes_text(classes: list[str], width: int = 40) -> str:
+    """As many class names as fit in about `width` characters, then how many there are."""
+    text = ", ".join(classes)
+    if len(text) <= width:
+        return text
+    shown = []
+    for label in classes:
+        if shown and len(", ".join([*shown, label])) > width:
+            break
+        shown.append(label)
+    return ", ".join(shown) + f", … ({len(classes)})"
 
 
 def _accuracy_text(accuracy: float | None, split: str | None) -> str:
@@ -275,8 +283,11 @@ def delete_model(name: str | None, profile: gr.OAuthProfile | None) -> str:
     require_owner("delete models", profile, app_config())
     if not name:
         raise gr.Error("Select the model to delete first.")
+    builtin = read_entry(name).summary().get("builtin")
     remove_model(name)
     MODEL_CACHE.clear()
+    if builtin:
+        return f"Removed the built-in **{name}** from this zoo's list (bring it back with `python -m zoo restore {name}`)."
     return f"Deleted **{name}**."
 
 
@@ -290,6 +301,44 @@ def rename_selected(name: str | None, new_name: str, profile: gr.OAuthProfile | 
         raise gr.Error("Type the new name first.")
     rename_model(name, new_name)
     return f"Renamed **{name}** to **{new_name}**.", new_name
+
+
+def can_export() -> bool:
+    """Export and import exist (zoo.store.export_model / import_model)."""
+    from zoo import store
+
+    return hasattr(store, "export_model") and hasattr(store, "import_model")
+
+
+EXPORT_KEEP_SECONDS = 3600  # exported zips wait this long for their download, then go
+
+
+@friendly_errors
+def export_selected(name: str | None) -> str:
+    """The selected model as one zip to download (anyone may: it is what the page already serves)."""
+    from zoo.store import export_model
+
+    if not name:
+        raise gr.Error("Select the model to export first.")
+    exports = Path(tempfile.gettempdir()) / "transfer-zoo-exports"
+    for old in exports.glob("*/*.zip"):
+        if time.time() - old.stat().st_mtime > EXPORT_KEEP_SECONDS:
+            shutil.rmtree(old.parent, ignore_errors=True)
+    exports.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=exports))
+    return str(export_model(name, output=folder / f"{name}.zip"))
+
+
+@friendly_errors
+def import_upload(archive: str | None, name: str, profile: gr.OAuthProfile | None) -> tuple[str, str]:
+    """Add a model zip (as Export writes it) to the zoo; on a Space, the owner only."""
+    from zoo.store import import_model
+
+    require_owner("import models", profile, app_config())
+    if not archive:
+        raise gr.Error("Upload a model .zip first (one made with Export).")
+    imported = import_model(archive, name=(name or "").strip() or None)
+    return f"Imported **{imported}**.", imported
 
 
 @friendly_errors
@@ -326,12 +375,15 @@ def pull_from_hub(repo_id: str, name: str, profile: gr.OAuthProfile | None) -> t
     return f"Pulled **{repo_id}** into the zoo as **{local}**.", local
 
 
+HUB_COLUMNS = ["repo_id", "strategy", "private", "downloads", "likes", "last_modified"]
+
+
 @friendly_errors
 def hub_models(namespace: str, profile: gr.OAuthProfile | None) -> pd.DataFrame:
     require_owner("list Hub models with the Space's token", profile, app_config())
     hub = _hub()
     rows = hub.list_hub_models((namespace or "").strip() or None, token=hub.hub_token())
-    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["repo_id"])
+    return pd.DataFrame(rows, columns=HUB_COLUMNS)
 
 
 # --- Predict tab ------------------------------------------------------------------------------------
@@ -517,7 +569,7 @@ class FitSettings:
             max_seconds=float(max_seconds) if max_seconds else None,
         )
         if settings.max_seconds is not None and settings.max_seconds <= 0:
-            raise gr.Error("The time budget must be a positive number of seconds (or empty for none).")
+            raise gr.Error("The time budget must be a positive number of seconds (or 0 for none).")
         return settings
 
 
@@ -525,7 +577,7 @@ def _whole(value: float | None, label: str, low: int, high: int) -> int | None:
     if value is None or value == "" or value == 0:
         return None
     if float(value) != int(value) or not low <= int(value) <= high:
-        raise gr.Error(f"{label} must be a whole number from {low} to {high} (or empty for the default).")
+        raise gr.Error(f"{label} must be a whole number from {low} to {high} (or 0 for the default).")
     return int(value)
 
 
@@ -610,12 +662,14 @@ def stop_run(run: TrainingRun | None) -> None:
         run.stop.set()
 
 
-CURVE_METRICS = {"train_loss": "train loss", "val_loss": "validation loss", "val_accuracy": "validation accuracy"}
+CURVE_METRICS = {"train_loss": "training", "val_loss": "validation", "val_accuracy": "accuracy"}
+LOSS_COLOURS = {"training": "#2563eb", "validation": "#ea580c"}  # named in the plot's label (see below)
+SPLIT_COLOURS = {"train": "#2563eb", "val": "#ea580c", "test": "#16a34a"}
 
 
 @dataclass
 class TrainingCurve:
-    """Per-epoch metrics of every phase, numbered one after another, for the live plot."""
+    """Per-epoch metrics of every phase, numbered one after another, for the live plots."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     epochs: int = 0
@@ -630,9 +684,14 @@ class TrainingCurve:
                                   "metric": label, "phase": _stage_label(event.stage)})
         return True
 
-    def frame(self) -> pd.DataFrame | None:
-        """None until the first epoch (an empty frame would fix the plot's axes to the wrong types)."""
-        return pd.DataFrame(self.rows, columns=["epoch", "value", "metric", "phase"]) if self.rows else None
+    def frame(self, *metrics: str) -> pd.DataFrame | None:
+        """Rows of `metrics`; None until there are some (an empty frame fixes a plot's axes to wrong types)."""
+        rows = [row for row in self.rows if row["metric"] in metrics]
+        return pd.DataFrame(rows, columns=["epoch", "value", "metric", "phase"]) if rows else None
+
+    def plots(self) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+        """(validation accuracy, training and validation loss)."""
+        return self.frame("accuracy"), self.frame(*LOSS_COLOURS)
 
 
 STAGE_LABELS = {
@@ -681,7 +740,7 @@ def train_model(zip_path, backbone, strategy, name, image_size, epochs, batch_si
                 progress=gr.Progress()):
     """Fine-tune on the uploaded zip, yielding live status and curve; saves to the zoo at the end.
 
-    Yields (status, curve, results, per-class table, confusion matrix, run, trained name)."""
+    Yields (status, accuracy plot, loss plot, results, per-class table, confusion matrix, run, trained name)."""
     config = app_config()
     settings = FitSettings.from_widgets(backbone, strategy, name, image_size, epochs, batch_size, max_seconds)
     dataset = open_upload(zip_path, config)
@@ -697,7 +756,7 @@ def train_model(zip_path, backbone, strategy, name, image_size, epochs, batch_si
               max_seconds=config.time_budget(settings.max_seconds))
     progress(0, desc="Starting")
     hidden = gr.update(value=None, visible=False)
-    yield _status_text(None, started, estimate), None, "", hidden, hidden, run, None
+    yield _status_text(None, started, estimate), None, None, "", hidden, hidden, run, None
     last, shown, new_points = None, time.monotonic(), False
     try:
         while run.running or not run.events.empty():
@@ -709,21 +768,21 @@ def train_model(zip_path, backbone, strategy, name, image_size, epochs, batch_si
                 progress((last.done, max(last.total, 1)), desc=_stage_label(last.stage), unit=_stage_unit(last.stage))
             since = time.monotonic() - shown
             if (new_points and since > 0.4) or since > 1.0:  # a head on cached features does 50 epochs a second
-                yield (_status_text(last, started, estimate), curve.frame() if new_points else gr.skip(),
-                       gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+                plots = curve.plots() if new_points else (gr.skip(), gr.skip())
+                yield _status_text(last, started, estimate), *plots, *[gr.skip()] * 5
                 shown, new_points = time.monotonic(), False
         run.thread.join()
     finally:
         if run.running:  # the page went away mid-fit: stop, save nothing
             run.stop.set()
     if isinstance(run.error, Cancelled):
-        yield "**Cancelled.** Nothing was saved.", curve.frame(), "", hidden, hidden, None, None
+        yield "**Cancelled.** Nothing was saved.", *curve.plots(), "", hidden, hidden, None, None
         return
     if run.error is not None:
         raise run.error
     result = run.result
     yield (f"**Saved as `{result.name}`** in {result.train_seconds:.1f} s. It is selected in the Predict tab.",
-           curve.frame(), _results_text(result), gr.update(value=_per_class_frame(result.metrics), visible=True),
+           *curve.plots(), _results_text(result), gr.update(value=_per_class_frame(result.metrics), visible=True),
            gr.update(value=_confusion_table(result), visible=True), None, result.name)
 
 
@@ -785,11 +844,21 @@ def _confusion_table(result):
 
 @friendly_errors
 def after_training(trained: str | None, query: str):
-    """Refresh the zoo everywhere and select the new model in Predict and in the Zoo tab."""
+    """Refresh the zoo everywhere and select the new model in Predict and in the Zoo tab.
+
+    The card and the text box are set here too: the other tabs are not on screen, so their own
+    change events do not run."""
     names = model_names()
     table = zoo_rows(query)
-    pick = gr.update(choices=names, value=trained) if trained in names else gr.update(choices=names)
-    return (table, pick, pick, gr.update(choices=image_backbones()),
+    if trained in names:
+        card, text_box = model_card(trained), model_inputs(trained)
+    else:  # cancelled or failed: keep every selection
+        trained, card, text_box = None, gr.skip(), gr.skip()
+
+    def pick():  # one update per dropdown: gradio consumes an update's value
+        return gr.update(choices=names, value=trained) if trained else gr.update(choices=names)
+
+    return (table, pick(), pick(), card, text_box, gr.update(choices=image_backbones()),
             gr.update(interactive=True), gr.update(interactive=False), gr.update(visible=False))
 
 
@@ -882,6 +951,14 @@ def build_demo() -> gr.Blocks:
                                 confirm_delete = gr.Button("Yes, delete it", variant="stop", min_width=80)
                                 keep_model = gr.Button("Keep it", min_width=80)
                             manage_status = gr.Markdown()
+                        with gr.Accordion("Export / import", open=False, visible=can_export()):
+                            export_button = gr.Button("Export selected model (.zip)")
+                            export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
+                            import_file = gr.File(label="Model .zip to import", file_types=[".zip"],
+                                                  elem_id="import-zip")
+                            import_name = gr.Textbox(label="Import as", placeholder="empty: the name in the zip")
+                            import_button = gr.Button("Import into the zoo")
+                            import_status = gr.Markdown()
                         with gr.Accordion("Hugging Face Hub", open=False, visible=False) as hub_box:
                             push_repo = gr.Textbox(label="Push to repository",
                                                    placeholder="owner/name (empty: your namespace, the model's name)")
@@ -935,16 +1012,17 @@ def build_demo() -> gr.Blocks:
                         model_name = gr.Textbox(label="Model name", elem_id="model-name",
                                                 placeholder="empty: DATASET-STRATEGY-DATE")
                         with gr.Accordion("More settings", open=False, elem_id="more-settings"):
-                            image_size = gr.Number(label="Image size (px)", value=None, precision=0,
-                                                   elem_id="image-size",
-                                                   info="empty: the strategy's default (224 frozen, 128 trainable)")
-                            epochs = gr.Number(label="Epochs", value=None, precision=0,
-                                               info="empty: the strategy's default")
+                            image_size = gr.Number(label="Image size (px)", value=0, precision=0, minimum=0,
+                                                   elem_id="image-size", info="0: the strategy's default "
+                                                   "(the backbone's own, 224 px for lite0; 128 px when all layers train)")
+                            epochs = gr.Number(label="Epochs", value=0, precision=0, minimum=0, elem_id="epochs",
+                                               info="0: the strategy's default")
                             batch_size = gr.Slider(2, 128, value=32, step=1, label="Batch size")
-                            max_seconds = gr.Number(label="Time budget (seconds)", value=None,
-                                                    info="empty: none" + (f" (this app stops every fit after "
-                                                                          f"{config.max_train_seconds:.0f} s)"
-                                                                          if config.max_train_seconds else ""))
+                            max_seconds = gr.Number(label="Time budget (seconds)", value=0, minimum=0,
+                                                    elem_id="max-seconds",
+                                                    info="0: none" + (f" (this app stops every fit after "
+                                                                      f"{config.max_train_seconds:.0f} s)"
+                                                                      if config.max_train_seconds else ""))
                         estimate = gr.Markdown("Load a dataset to see how long training will take.",
                                                elem_id="estimate")
                         with gr.Row():
@@ -954,16 +1032,23 @@ def build_demo() -> gr.Blocks:
                     with gr.Column(scale=2):
                         summary = gr.Markdown(elem_id="dataset-summary")
                         counts_plot = gr.BarPlot(None, x="class", y="images", color="split",
-                                                 label="Images per class", height=220, elem_id="class-counts")
-                        thumbs = gr.Gallery(label="A few images per class", columns=10, height=200,
+                                                 color_map=SPLIT_COLOURS, height=220, elem_id="class-counts",
+                                                 label="Images per class: training (blue), validation (orange), "
+                                                       "test (green)")
+                        thumbs = gr.Gallery(label="A few images per class", columns=8, height=240,
                                             object_fit="contain", allow_preview=False, elem_id="thumbnails")
                         skipped = gr.Dataframe(label="Skipped files", visible=False, interactive=False,
                                                max_height=200)
                         progress_area = gr.Markdown(visible=False, elem_id="train-progress")  # gr.Progress bar
                         status = gr.Markdown(elem_id="train-status")
-                        curve_plot = gr.LinePlot(None, x="epoch", y="value", color="metric", visible=False,
-                                                 label="Training curve", x_title="epoch (all phases)",
-                                                 y_title="loss / accuracy", height=280, elem_id="curve")
+                        with gr.Row(visible=False) as curves:
+                            accuracy_plot = gr.LinePlot(None, x="epoch", y="value", label="Validation accuracy",
+                                                        x_title="epoch (all phases)", y_title="accuracy",
+                                                        y_lim=[0, 1], height=260, elem_id="accuracy-curve")
+                            loss_plot = gr.LinePlot(None, x="epoch", y="value", color="metric", color_map=LOSS_COLOURS,
+                                                    label="Loss: training (blue), validation (orange)",
+                                                    x_title="epoch (all phases)", y_title="loss", height=260,
+                                                    elem_id="loss-curve")
                         results = gr.Markdown(elem_id="results")
                         with gr.Row():
                             per_class = gr.Dataframe(label="Per class", interactive=False, max_height=360,
@@ -991,6 +1076,10 @@ def build_demo() -> gr.Blocks:
         confirm_delete.click(hide, None, confirm_row, api_name="close_delete", queue=False, **INTERNAL)
         confirm_delete.click(delete_model, zoo_model, manage_status, api_name="delete_model").then(
             refresh_zoo, refresh_inputs, zoo_pickers, api_name="refresh_after_delete", **INTERNAL)
+        export_button.click(export_selected, zoo_model, export_file, api_name="export_model")
+        import_button.click(import_upload, [import_file, import_name], [import_status, zoo_model],
+                            api_name="import_model").success(
+            refresh_zoo, refresh_inputs, zoo_pickers, api_name="refresh_after_import", **INTERNAL)
         push_button.click(push_to_hub, [zoo_model, push_repo, push_private], hub_status, api_name="push_model")
         pull_button.click(pull_from_hub, [pull_repo, pull_name], [hub_status, zoo_model],
                           api_name="pull_model").success(
@@ -1015,15 +1104,15 @@ def build_demo() -> gr.Blocks:
               estimate_text, [facts_state, backbone, strategy, image_size, epochs], estimate,
               api_name="estimate", **INTERNAL)
         train_button.click(
-            training_started, None, [train_button, cancel_button, progress_area, curve_plot],
+            training_started, None, [train_button, cancel_button, progress_area, curves],
             api_name="lock_train", queue=False, **INTERNAL,
         ).then(
             train_model, [dataset_file, backbone, strategy, model_name, image_size, epochs, batch_size, max_seconds],
-            [status, curve_plot, results, per_class, confusion, run_state, trained_state],
+            [status, accuracy_plot, loss_plot, results, per_class, confusion, run_state, trained_state],
             api_name="train", show_progress_on=[progress_area], **TRAINING,
         ).then(
             after_training, [trained_state, zoo_query],
-            [zoo_table, predict_model, zoo_model, backbone, train_button, cancel_button, progress_area],
+            [zoo_table, predict_model, zoo_model, card, text, backbone, train_button, cancel_button, progress_area],
             api_name="after_training", **INTERNAL,
         )
         cancel_button.click(cancel_training, run_state, status, api_name="cancel", queue=False)

@@ -2,7 +2,7 @@
 
 The app is launched in this process on a free port with its own empty zoo (`ZOO_DIR`), so the
 tests see exactly what they put there. The data is tiny and generated: three colours, which the
-real bundled ImageNet backbone tells apart at 32 px, so a fit takes seconds.
+real bundled ImageNet backbone tells apart at 64 px, so a fit takes seconds.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from conftest import run_python
 from zoo.weights import BUNDLED
 
 COLOURS = {"red": (215, 35, 35), "green": (35, 170, 50), "blue": (40, 70, 215)}
-FAST_FIT = dict(backbone="tf_efficientnet_lite0", image_size=32, epochs=None, batch_size=16, max_seconds=None)
+FAST_FIT = dict(backbone="tf_efficientnet_lite0", image_size=64, epochs=None, batch_size=16, max_seconds=None)
 
 
 # --- helpers shared with test_browser.py ------------------------------------------------------------
@@ -47,7 +47,7 @@ def colour_zip(path: Path, per_class: int = 12, extra: dict[str, bytes] | None =
     with zipfile.ZipFile(path, "w") as archive:
         for colour in colours:
             for index in range(per_class):
-                image = colour_image(colour, seed=hash((colour, index)) % 2**32)
+                image = colour_image(colour, seed=1000 * list(COLOURS).index(colour) + index)
                 with archive.open(f"colours/{colour}/{index:02d}.png", "w") as member:
                     image.save(member, format="PNG")
         for name, content in (extra or {}).items():
@@ -157,13 +157,14 @@ def test_an_empty_zoo_lists_nothing(client, app_zoo):
 
 def test_fine_tune_an_uploaded_zip_end_to_end(trained, client, app_zoo):
     updates, final, seconds = trained
-    status, curve, results, per_class, confusion = map(value, final[:5])
+    status, accuracy, loss, results, per_class, confusion = map(value, final[:6])
     assert "Saved as `colours-fe`" in status
     # the page got updates while it ran (the live curve is checked on a longer run below)
     assert len(updates) >= 3 and all("Starting" in update[0] or "elapsed" in update[0] for update in updates[:-1])
-    metrics = {row[2] for row in curve["data"]}
-    assert metrics == {"train loss", "validation loss", "validation accuracy"}
-    assert max(row[0] for row in curve["data"]) >= 3  # several epochs plotted
+    assert {row[2] for row in loss["data"]} == {"training", "validation"}
+    assert {row[2] for row in accuracy["data"]} == {"accuracy"}
+    assert max(row[0] for row in accuracy["data"]) >= 3  # several epochs plotted
+    assert all(0 <= row[1] <= 1 for row in accuracy["data"])
     # the results a user reads: accuracy on 6 validation images, per class, confusion matrix
     assert "accuracy" in results and "On 6 validation images" in results
     assert [row[0] for row in per_class["data"]] == ["blue", "green", "red"]
@@ -296,21 +297,21 @@ def test_predictions_answer_while_training_and_cancel_saves_nothing(trained, cli
     while not any(" · epoch " in update[0] for update in job.outputs()):
         assert time.monotonic() < deadline and not job.done(), job.outputs()[-1:] or job.status()
         time.sleep(0.2)
-    # the live curve: points arrive while the fit is still running
-    while not any(value(update[1]) for update in job.outputs()):
+    # the live curves: points arrive while the fit is still running
+    while not any(value(update[2]) for update in job.outputs()):
         assert time.monotonic() < deadline and not job.done()
         time.sleep(0.2)
-    assert {row[2] for row in value(job.outputs()[-1][1] or {"data": []})["data"]} <= {
-        "train loss", "validation loss", "validation accuracy"}
+    live_loss = next(value(update[2]) for update in job.outputs() if value(update[2]))
+    assert live_loss["data"] and {row[2] for row in live_loss["data"]} <= {"training", "validation"}
     # another user predicts while the fit runs: answered at once, not queued behind it
     other = Client(url, verbose=False)
     answer = other.predict("colours-fe", handle_file(str(held_out["blue"])), 1, "", api_name="/predict")
     assert answer["label"] == "blue" and not job.done()
     # cancel (same session: the run lives in this user's state)
     assert "Stopping" in client.predict(api_name="/cancel")
-    status, curve, *_ = job.result()
+    status, accuracy, *_ = job.result()
     assert status == "**Cancelled.** Nothing was saved."
-    assert max(row[0] for row in curve["data"]) < 200  # from-scratch never stops early by itself
+    assert max(row[0] for row in accuracy["data"]) < 200  # from-scratch never stops early by itself
     assert not (app_zoo / "colours-cancelled").exists()
     assert not any(path.name.startswith(".staging") for path in app_zoo.iterdir())
     assert client.predict(api_name="/cancel") == "Nothing is training right now."
@@ -329,8 +330,28 @@ def test_rename_and_delete_locally(trained, client, app_zoo):
         client.predict("colours-renamed", api_name="/delete_model")
 
 
+def test_export_and_import_a_model_zip(trained, client, held_out):
+    from zoo import store
+
+    if not hasattr(store, "export_model"):
+        pytest.skip("zoo.store has no export/import in this version")
+    exported = client.predict("colours-fe", api_name="/export_model")
+    assert Path(exported).name == "colours-fe.zip"
+    with zipfile.ZipFile(exported) as archive:
+        assert sorted(archive.namelist()) == [f"colours-fe/{file}" for file in
+                                              ("README.md", "config.json", "model.safetensors", "transfer.json")]
+    message, selected = client.predict(handle_file(exported), "colours-imported", api_name="/import_model")
+    assert message == "Imported **colours-imported**." and selected == "colours-imported"
+    answer = client.predict("colours-imported", handle_file(str(held_out["green"])), 1, "", api_name="/predict")
+    assert answer["label"] == "green"
+    with pytest.raises(AppError, match="already exists"):
+        client.predict(handle_file(exported), "colours-imported", api_name="/import_model")
+    client.predict("colours-imported", api_name="/delete_model")
+
+
 @pytest.mark.parametrize("sign_in", ["configured", "missing"])
-def test_on_a_space_visitors_cannot_delete_rename_or_use_the_hub(trained, client, app_zoo, monkeypatch, sign_in):
+def test_on_a_space_visitors_cannot_delete_rename_or_use_the_hub(trained, client, app_zoo, colours_zip, monkeypatch,
+                                                                 sign_in):
     monkeypatch.setenv("SPACE_ID", "alice/transfer-zoo")
     monkeypatch.setenv("HF_TOKEN", "hf_the_space_owners_secret")
     if sign_in == "configured":
@@ -338,11 +359,12 @@ def test_on_a_space_visitors_cannot_delete_rename_or_use_the_hub(trained, client
     expected = r"Sign in with Hugging Face.* owner \(alice\)" if sign_in == "configured" else r"only its owner \(alice\)"
     for call, arguments in [("/delete_model", ("colours-fe",)), ("/rename_model", ("colours-fe", "mine")),
                             ("/push_model", ("colours-fe", "mallory/stolen", False)),
-                            ("/pull_model", ("mallory/bad", "")), ("/list_hub_models", ("alice",))]:
+                            ("/pull_model", ("mallory/bad", "")), ("/list_hub_models", ("alice",)),
+                            ("/import_model", (handle_file(str(colours_zip)), "mine"))]:
         with pytest.raises(AppError, match=expected) as error:
             client.predict(*arguments, api_name=call)
         assert "hf_the_space_owners_secret" not in str(error.value)
-    assert (app_zoo / "colours-fe" / "model.safetensors").is_file()
+    assert (app_zoo / "colours-fe" / "model.safetensors").is_file() and not (app_zoo / "mine").exists()
     # browsing and predicting stay open to everyone
     table, _ = client.predict("", None, api_name="/list_zoo")
     assert "colours-fe" in [row["name"] for row in table_rows(table)]
@@ -375,3 +397,27 @@ def test_importing_the_app_builds_the_page_without_serving_or_analytics(tmp_path
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "Blocks None False"
     assert not (tmp_path / "cache").exists()  # nothing converted or loaded at import
+
+
+def test_the_space_installs_what_the_project_declares():
+    """A Space builds from requirements.txt and README.md's front matter alone: they must agree with
+    pyproject.toml and start app.py with sign-in on."""
+    import tomllib
+
+    from huggingface_hub.repocard import metadata_load
+    from packaging.requirements import Requirement
+
+    def requirements(lines) -> dict[str, str]:
+        parsed = [Requirement(line) for line in lines]
+        return {requirement.name.lower().replace("_", "-"): str(requirement.specifier) for requirement in parsed}
+
+    root = Path(__file__).resolve().parents[1]
+    declared = requirements(tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"])
+    lines = [line.strip() for line in (root / "requirements.txt").read_text().splitlines()]
+    listed = requirements(line for line in lines if line and not line.startswith(("#", "-")))
+    assert listed == declared
+    assert "gradio[oauth]" in (root / "requirements.txt").read_text()  # the sign-in button needs it
+    front = metadata_load(root / "README.md")
+    assert (front["sdk"], front["app_file"], front["hf_oauth"]) == ("gradio", "app.py", True)
+    assert front["sdk_version"].split(".")[0] == "6"
+

@@ -1,0 +1,106 @@
+"""The app in a real browser: headless Chromium (Debian's `chromium`) driven by playwright.
+
+One user's whole visit: open the page, upload a zip of class folders, train with one click, find the
+new model in the zoo table, and predict a new picture with it. Screenshots of every step go to
+tests/screenshots/ (git-ignored) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from test_app import COLOURS, colour_image, colour_zip, serving
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).parent / "screenshots"
+TRAINING_TIMEOUT_MS = 240_000  # generous: a busy 2-core machine; the fit itself takes seconds
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install -y chromium)"),
+]
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    with serving(tmp_path_factory.mktemp("browser-zoo")) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def page(url):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(30_000)
+        page.goto(url)
+        yield page
+        browser.close()
+
+
+def shoot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def test_upload_train_find_in_zoo_and_predict(page, tmp_path):
+    from playwright.sync_api import expect
+
+    upload = colour_zip(tmp_path / "colours.zip")
+    picture = tmp_path / "a-new-red-thing.png"
+    colour_image("red", seed=4242, size=64).save(picture)
+
+    # the page opens on the zoo, which lists the built-in classifiers (or is empty)
+    expect(page.get_by_role("tab", name="Zoo")).to_be_visible()
+    expect(page.locator("#zoo-table")).to_contain_text("name")
+    shoot(page, "1-zoo")
+
+    # Fine-tune: upload the zip; the summary, class counts and thumbnails appear before any training
+    page.get_by_role("tab", name="Fine-tune").click()
+    page.locator("#dataset-zip input[type=file]").set_input_files(str(upload))
+    expect(page.locator("#dataset-summary")).to_contain_text("3 classes, 30 training / 6 validation images")
+    expect(page.locator("#thumbnails img")).to_have_count(12)
+    expect(page.locator("#estimate")).to_contain_text("Estimated time")
+    page.locator("#model-name").get_by_role("textbox").fill("browser-colours")
+    page.get_by_text("More settings").click()
+    page.locator("#image-size input").fill("64")
+    page.locator("#image-size input").press("Tab")
+    shoot(page, "2-dataset")
+
+    # one click trains; Cancel is live while it runs; the metrics and confusion matrix follow
+    started = time.monotonic()
+    page.locator("#train-button").click()
+    expect(page.locator("#cancel-button")).to_be_enabled()
+    expect(page.locator("#train-status")).to_contain_text("Saved as browser-colours", timeout=TRAINING_TIMEOUT_MS)
+    seconds = time.monotonic() - started
+    expect(page.locator("#results")).to_contain_text("accuracy")
+    expect(page.locator("#confusion")).to_contain_text("red")
+    expect(page.locator("#train-button")).to_be_enabled()
+    expect(page.locator("#cancel-button")).to_be_disabled()
+    shoot(page, "3-trained")
+    print(f"one-click fine-tune in the browser: {seconds:.1f} s")
+
+    # the zoo table has the new model
+    page.get_by_role("tab", name="Zoo").click()
+    expect(page.locator("#zoo-table")).to_contain_text("browser-colours")
+    expect(page.locator("#model-card")).to_contain_text("browser-colours")
+    shoot(page, "4-zoo-with-model")
+
+    # Predict: the new model is already selected; a new picture gets one of the uploaded class names
+    page.get_by_role("tab", name="Predict").click()
+    expect(page.locator("#predict-model input")).to_have_value("browser-colours")
+    page.locator("#predict-image input[type=file]").set_input_files(str(picture))  # predicts on upload
+    top = page.locator("#prediction [data-testid='label-output-value']")
+    expect(top).to_have_text(re.compile("|".join(COLOURS)))
+    assert top.inner_text().strip() == "red"  # and it is the right one
+    expect(page.locator("#prediction")).to_contain_text("blue")  # the runners-up are listed too
+    shoot(page, "5-predict")
