@@ -110,7 +110,8 @@ def _data_section(spec, data: dict[str, Any]) -> str:
 def _metrics_section(spec, metrics: dict[str, Any], split: str) -> str:
     if not metrics:
         return ""
-    which = "held-out **test**" if split == "test" else "**validation** (also used to pick epochs and settings, so slightly optimistic)"
+    which = ("held-out **test**" if split == "test"
+             else "**validation** (also used to pick epochs and settings, so slightly optimistic)")
     lines = [
         "## Results\n",
         f"Measured on the {which} split.\n",

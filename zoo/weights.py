@@ -244,9 +244,13 @@ def _hub_weights(backbone: str, zoo: str | Path | None) -> Weights:
         if not isinstance(arch, str) or not timm.is_model(arch):
             raise ZooError(f"{backbone}: its config.json names no timm architecture this timm knows ({arch!r}); "
                            "is it a timm model? Upgrading timm may help.")
-        if config.get("model_args"):
-            raise ZooError(f"{backbone} needs extra model arguments ({', '.join(config['model_args'])}) that a "
-                           "saved spec cannot record yet; choose another backbone.")
+        # timm writes in_chans/num_classes/global_pool for every model; other arguments change the
+        # network in ways a saved spec cannot record yet
+        extra = {k: v for k, v in (config.get("model_args") or {}).items()
+                 if k not in ("num_classes", "global_pool") and not (k == "in_chans" and v == 3)}
+        if extra:
+            raise ZooError(f"{backbone} needs extra model arguments ({', '.join(extra)}) that a saved spec "
+                           "cannot record yet; choose another backbone.")
         cfg = {k: v for k, v in (config.get("pretrained_cfg") or {}).items() if k in DATA_CFG_KEYS}
         cfg = cfg or _default_cfg(arch)
         labels = tuple(config.get("label_names") or ())
