@@ -159,8 +159,6 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from zoo.predict import ModelCache, predict
-
     if args.top_k < 1:
         raise ZooError(f"--top-k must be 1 or more, not {args.top_k}.")
     texts = args.text
@@ -171,6 +169,8 @@ def _predict(args: argparse.Namespace) -> int:
     missing = [image for image in args.images if not Path(image).is_file()]
     if missing:
         raise ZooError(f"No such image file: {missing[0]}")
+    from zoo.predict import ModelCache, predict  # torch: only once the arguments make sense
+
     results = predict(args.name, args.images, texts=texts, top_k=args.top_k, zoo=args.zoo, cache=ModelCache(1))
     for image, predictions in zip(args.images, results):
         if args.json:
