@@ -77,6 +77,9 @@ MODEL_CACHE = ModelCache(size=4)  # loaded models, shared by every user (read-on
 # --- configuration ---------------------------------------------------------------------------------
 
 
+SPACE_TRAIN_SECONDS = 600.0  # on a public Space every fit stops after this (APP_MAX_TRAIN_SECONDS overrides)
+
+
 @dataclass(frozen=True)
 class AppConfig:
     """What the environment says about this deployment; read per request (cheap), never mutated."""
@@ -94,11 +97,10 @@ class AppConfig:
         space_id = env.get("SPACE_ID") or None
         owner = env.get("SPACE_AUTHOR_NAME") or (space_id.split("/")[0] if space_id else "")
         admins = [name.strip() for name in env.get("APP_ADMINS", "").split(",") if name.strip()]
-        budget = env.get("APP_MAX_TRAIN_SECONDS") or ("600" if space_id else "")
         return cls(
-            max_upload_mb=_positive_int(env, "APP_MAX_UPLOAD_MB", cls.max_upload_mb),
-            max_images=_positive_int(env, "APP_MAX_IMAGES", cls.max_images),
-            max_train_seconds=float(budget) if budget else None,
+            max_upload_mb=int(_positive(env, "APP_MAX_UPLOAD_MB", cls.max_upload_mb)),
+            max_images=int(_positive(env, "APP_MAX_IMAGES", cls.max_images)),
+            max_train_seconds=_positive(env, "APP_MAX_TRAIN_SECONDS", SPACE_TRAIN_SECONDS if space_id else None),
             space_id=space_id,
             owners=tuple(name.lower() for name in [owner, *admins] if name),
             oauth_ready=bool(space_id and env.get("OAUTH_CLIENT_ID")),
@@ -114,13 +116,19 @@ class AppConfig:
         return min(limits) if limits else None
 
 
-def _positive_int(env, key: str, default: int) -> int:
-    try:
-        value = int(env.get(key) or default)
-    except ValueError:
-        log.warning("%s=%r is not a whole number; using %s", key, env.get(key), default)
+def _positive(env, key: str, default: float | None) -> float | None:
+    """`env[key]` as a positive number; `default` when it is unset or not one (with a warning)."""
+    text = env.get(key)
+    if not text:
         return default
-    return value if value > 0 else default
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0
+    if value > 0:
+        return value
+    log.warning("%s=%r is not a positive number; using %s", key, text, default)
+    return default
 
 
 def app_config() -> AppConfig:
@@ -251,12 +259,25 @@ def image_backbones() -> list[str]:
     return names
 
 
+def _still_there(selected: str | None, names: list[str]) -> str | None:
+    """The selection if it still exists, else the newest model."""
+    return selected if selected in names else (names[0] if names else None)
+
+
 @friendly_errors
 def refresh_zoo(query: str, selected: str | None):
-    """Table, and the model pickers of every tab, after the zoo changed or on page load."""
+    """The Zoo tab after the zoo changed or on page load: table, selected model, its card."""
     names = model_names()
-    keep = selected if selected in names else (names[0] if names else None)
-    return zoo_rows(query), gr.update(choices=names, value=keep)
+    keep = _still_there(selected, names)
+    return zoo_rows(query), gr.update(choices=names, value=keep), model_card(keep)
+
+
+@friendly_errors
+def refresh_models(selected: str | None):
+    """The Predict tab's model picker on page load (and its text box)."""
+    names = model_names()
+    keep = _still_there(selected, names)
+    return gr.update(choices=names, value=keep), model_inputs(keep)
 
 
 @friendly_errors
@@ -507,8 +528,10 @@ def _summary_text(dataset: Dataset) -> str:
 
 
 def _counts_frame(dataset: Dataset) -> pd.DataFrame:
-    rows = [{"class": label, "split": split, "images": count}
-            for label, counts in dataset.class_counts().items() for split, count in counts.items()]
+    """Every split for every class, zero where there is none: gradio's plots keep the series of
+    their first value, so a later dataset's test/ split would not show otherwise."""
+    rows = [{"class": label, "split": split, "images": counts.get(split, 0)}
+            for label, counts in dataset.class_counts().items() for split in SPLIT_COLOURS]
     return pd.DataFrame(rows, columns=["class", "split", "images"])
 
 
@@ -532,7 +555,8 @@ def _thumbnails(dataset: Dataset, most: int = 40, side: int = 96) -> list[tuple[
 
 
 def strategy_choices() -> list[str]:
-    # when transfer.advise lands, "auto" goes first here and the advice box below explains its pick
+    # "auto" (transfer.advise) is not offered here yet; it goes first, and the hidden `advice` box
+    # under the strategies says why it picked what it did
     return list(STRATEGIES)
 
 
@@ -604,7 +628,9 @@ def estimate_text(facts: dict | None, backbone: str, strategy: str, image_size, 
     seconds = estimate_seconds(strategy, num_train=facts["num_train"], num_eval=facts["num_eval"],
                                image_size=size, epochs=passes, architecture=_architecture(backbone or DEFAULT_BACKBONE))
     text = (f"Estimated time: about **{_duration(seconds)}** on a 2-core CPU for {facts['num_train']} training and "
-            f"{facts['num_eval']} evaluation images (a repeat on the same data reuses cached features).")
+            f"{facts['num_eval']} evaluation images.")
+    if not STRATEGIES[strategy].trains_backbone:
+        text += " A repeat on the same images is faster: their features are cached."
     cap = app_config().max_train_seconds
     if cap and seconds > cap:
         text += f" This app stops every fit after {_duration(cap)}, keeping the best epoch so far."
@@ -690,8 +716,13 @@ class TrainingCurve:
         return pd.DataFrame(rows, columns=["epoch", "value", "metric", "phase"]) if rows else None
 
     def plots(self) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
-        """(validation accuracy, training and validation loss)."""
-        return self.frame("accuracy"), self.frame(*LOSS_COLOURS)
+        """(validation accuracy, training and validation loss).
+
+        The loss plot waits until both losses have a point: gradio's plots never show a series
+        that first appears in a later update (the validation loss of "epoch 0" comes alone)."""
+        losses = self.frame(*LOSS_COLOURS)
+        complete = losses is not None and losses["metric"].nunique() == len(LOSS_COLOURS)
+        return self.frame("accuracy"), losses if complete else None
 
 
 STAGE_LABELS = {
@@ -1057,11 +1088,10 @@ def build_demo() -> gr.Blocks:
                                                      max_height=360, visible=False, elem_id="confusion")
 
         # --- wiring: Zoo ---
-        zoo_pickers = [zoo_table, zoo_model]
+        zoo_pickers = [zoo_table, zoo_model, card]
         refresh_inputs = [zoo_query, zoo_model]
         demo.load(refresh_zoo, refresh_inputs, zoo_pickers, api_name="list_zoo")
-        demo.load(refresh_zoo, [zoo_query, predict_model], [zoo_table, predict_model],
-                  api_name="list_predict_models", **INTERNAL)
+        demo.load(refresh_models, predict_model, [predict_model, text], api_name="list_predict_models", **INTERNAL)
         demo.load(backbone_choices, None, backbone, api_name="list_backbones", **INTERNAL)
         demo.load(hub_panel, None, hub_box, api_name="hub_panel", **INTERNAL)
         zoo_query.submit(refresh_zoo, refresh_inputs, zoo_pickers, api_name="search_zoo")

@@ -150,7 +150,7 @@ def user_models(table: dict) -> list[str]:
 def test_an_empty_zoo_lists_nothing(client, app_zoo):
     if any(path.name != "cache" for path in app_zoo.iterdir()):
         pytest.skip("the zoo is not empty any more (tests ran out of order)")
-    table, _ = client.predict("", None, api_name="/list_zoo")
+    table, *_ = client.predict("", None, api_name="/list_zoo")
     assert table["headers"] == ["name", "backbone", "strategy", "classes", "accuracy", "created"]
     assert user_models(table) == []
 
@@ -177,18 +177,20 @@ def test_fine_tune_an_uploaded_zip_end_to_end(trained, client, app_zoo):
 
 
 def test_the_trained_model_is_listed_with_its_facts(trained, client):
-    table, selected = client.predict("", None, api_name="/list_zoo")
+    table, selected, card = client.predict("", None, api_name="/list_zoo")
     rows = {row["name"]: row for row in table_rows(table)}
     row = rows["colours-fe"]
     assert row["backbone"] == "tf_efficientnet_lite0" and row["strategy"] == "feature-extractor"
     assert row["classes"] == "blue, green, red" and row["accuracy"].endswith("(val)")
-    assert value(selected) == "colours-fe"
-    table, _ = client.predict("green feature-extractor", None, api_name="/search_zoo")  # a class and a strategy
-    assert [row["name"] for row in table_rows(table)] == ["colours-fe"]
-    table, _ = client.predict("no-such-thing", None, api_name="/search_zoo")
-    assert table["data"] == []
-    card = client.predict("colours-fe", api_name="/model_card")
+    assert value(selected) == "colours-fe"  # the newest model is selected, its card shown
     assert card.startswith("# colours-fe") and "feature-extractor" in card and "---" not in card[:3]
+    table, *_ = client.predict("green feature-extractor", None, api_name="/search_zoo")  # a class and a strategy
+    assert [row["name"] for row in table_rows(table)] == ["colours-fe"]
+    table, *_ = client.predict("no-such-thing", None, api_name="/search_zoo")
+    assert table["data"] == []
+    assert client.predict("colours-fe", api_name="/model_card") == card
+    with pytest.raises(AppError, match="No model named 'nope'"):
+        client.predict("nope", api_name="/model_card")
 
 
 def test_predict_names_the_colour_of_new_pictures(trained, client, held_out):
@@ -229,7 +231,7 @@ def test_inspect_reports_classes_counts_thumbnails_and_skipped_files(client, tmp
     by_class = {}
     for label, split, count in counts["data"]:
         by_class.setdefault(label, {})[split] = count
-    assert by_class == {"blue": {"train": 5, "val": 1}, "green": {"train": 5, "val": 1}, "red": {"train": 5, "val": 1}}
+    assert by_class == {colour: {"train": 5, "val": 1, "test": 0} for colour in ("blue", "green", "red")}
     assert len(thumbs) == 12 and {thumb["caption"] for thumb in thumbs} == set(COLOURS)
     reasons = {file: reason for file, reason in value(skipped)["data"]}
     assert reasons["red/notes.txt"] == "not an image (.txt)"
@@ -324,7 +326,7 @@ def test_rename_and_delete_locally(trained, client, app_zoo):
     with pytest.raises(AppError, match="already exists"):
         client.predict("colours-renamed", "colours-fe", api_name="/rename_model")
     assert "Deleted **colours-renamed**" in client.predict("colours-renamed", api_name="/delete_model")
-    table, _ = client.predict("", None, api_name="/list_zoo")
+    table, *_ = client.predict("", None, api_name="/list_zoo")
     assert user_models(table) == ["colours-fe"]
     with pytest.raises(AppError, match="No model named 'colours-renamed'"):
         client.predict("colours-renamed", api_name="/delete_model")
@@ -366,7 +368,7 @@ def test_on_a_space_visitors_cannot_delete_rename_or_use_the_hub(trained, client
         assert "hf_the_space_owners_secret" not in str(error.value)
     assert (app_zoo / "colours-fe" / "model.safetensors").is_file() and not (app_zoo / "mine").exists()
     # browsing and predicting stay open to everyone
-    table, _ = client.predict("", None, api_name="/list_zoo")
+    table, *_ = client.predict("", None, api_name="/list_zoo")
     assert "colours-fe" in [row["name"] for row in table_rows(table)]
 
 
@@ -374,9 +376,6 @@ def test_only_the_signed_in_owner_passes_on_a_space():
     import gradio as gr
 
     from app import AppConfig, require_owner
-
-    def profile(username: str) -> gr.OAuthProfile:
-        return gr.OAuthProfile({"name": username, "preferred_username": username, "profile": "", "picture": ""})
 
     space = AppConfig.from_env({"SPACE_ID": "Alice/zoo", "OAUTH_CLIENT_ID": "x", "APP_ADMINS": "bob"})
     assert space.owners == ("alice", "bob") and space.max_train_seconds == 600
@@ -389,6 +388,46 @@ def test_only_the_signed_in_owner_passes_on_a_space():
     local = AppConfig.from_env({})
     assert not local.on_space and local.max_train_seconds is None
     require_owner("delete models", None, local)  # locally everything is allowed
+
+
+def profile(username: str):
+    import gradio as gr
+
+    return gr.OAuthProfile({"name": username, "preferred_username": username, "profile": "", "picture": ""})
+
+
+def test_hub_panel_shows_with_a_token_and_on_a_space_only_to_its_owner(monkeypatch):
+    pytest.importorskip("zoo.hub")
+    import app
+
+    monkeypatch.setenv("HF_TOKEN", "hf_a_token")
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert app.hub_panel(None)["visible"] is True  # locally: whoever runs the app
+    monkeypatch.setenv("SPACE_ID", "alice/transfer-zoo")
+    monkeypatch.setenv("OAUTH_CLIENT_ID", "the-spaces-oauth-app")
+    assert app.hub_panel(None)["visible"] is False
+    assert app.hub_panel(profile("mallory"))["visible"] is False
+    assert app.hub_panel(profile("alice"))["visible"] is True
+
+
+def test_text_box_only_for_models_that_take_text(trained, app_zoo, tmp_path):
+    import app
+    from transfer.fit import fit
+    from zoo.store import remove_model
+
+    data = tmp_path / "captioned"
+    rows = []
+    for colour in ("red", "blue"):
+        (data / colour).mkdir(parents=True)
+        for index in range(5):
+            colour_image(colour, seed=index).save(data / colour / f"{index}.png")
+            rows.append(f'{{"file_name": "{colour}/{index}.png", "text": "a {colour} box"}}')
+    (data / "metadata.jsonl").write_text("\n".join(rows))
+    fit(data, image_size=32, zoo=app_zoo, name="captioned", text_encoder="hashing")
+    assert app.model_inputs("captioned")["visible"] is True
+    assert app.model_inputs("colours-fe")["visible"] is False
+    assert app.model_inputs(None)["visible"] is False
+    remove_model("captioned", zoo=app_zoo)  # out of the other tests' listings
 
 
 def test_importing_the_app_builds_the_page_without_serving_or_analytics(tmp_path):

@@ -8,6 +8,7 @@ tests/screenshots/ (git-ignored) for a person to look at.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -26,13 +27,18 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
-    with serving(tmp_path_factory.mktemp("browser-zoo")) as address:
+def zoo(tmp_path_factory):
+    return tmp_path_factory.mktemp("browser-zoo")
+
+
+@pytest.fixture(scope="module")
+def url(zoo):
+    with serving(zoo) as address:
         yield address
 
 
 @pytest.fixture(scope="module")
-def page(url):
+def browser(url):
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -40,11 +46,34 @@ def page(url):
             args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update"],
         )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(30_000)
-        page.goto(url)
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture
+def page(browser, url):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(30_000)
+    page.goto(url)
+    yield page
+    if not page.is_closed():
+        page.close()
+
+
+def upload_and_set(page, upload: Path, *, image_size: int, strategy: str | None = None, epochs: int | None = None):
+    """On the Fine-tune tab: upload the zip, wait for its summary, pick strategy and settings."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Fine-tune").click()
+    page.locator("#dataset-zip input[type=file]").set_input_files(str(upload))
+    expect(page.locator("#dataset-summary")).to_contain_text("3 classes, 30 training / 6 validation images")
+    if strategy:
+        page.locator("#strategy").get_by_label(strategy).check()
+    page.get_by_text("More settings").click()
+    page.locator("#image-size input").fill(str(image_size))
+    if epochs:
+        page.locator("#epochs input").fill(str(epochs))
+    page.locator("#image-size input").press("Tab")
 
 
 def shoot(page, name: str) -> None:
@@ -59,21 +88,18 @@ def test_upload_train_find_in_zoo_and_predict(page, tmp_path):
     picture = tmp_path / "a-new-red-thing.png"
     colour_image("red", seed=4242, size=64).save(picture)
 
-    # the page opens on the zoo, which lists the built-in classifiers (or is empty)
+    # the page opens on the zoo: the built-in ImageNet classifiers, the newest selected, its card shown
     expect(page.get_by_role("tab", name="Zoo")).to_be_visible()
-    expect(page.locator("#zoo-table")).to_contain_text("name")
+    expect(page.locator("#zoo-table")).to_contain_text("tf_efficientnet_lite0", timeout=60_000)  # first listing
+    # of a new zoo describes the built-ins once (seconds)
+    expect(page.locator("#model-card")).to_contain_text("ImageNet")
     shoot(page, "1-zoo")
 
     # Fine-tune: upload the zip; the summary, class counts and thumbnails appear before any training
-    page.get_by_role("tab", name="Fine-tune").click()
-    page.locator("#dataset-zip input[type=file]").set_input_files(str(upload))
-    expect(page.locator("#dataset-summary")).to_contain_text("3 classes, 30 training / 6 validation images")
+    upload_and_set(page, upload, image_size=64)
     expect(page.locator("#thumbnails img")).to_have_count(12)
     expect(page.locator("#estimate")).to_contain_text("Estimated time")
     page.locator("#model-name").get_by_role("textbox").fill("browser-colours")
-    page.get_by_text("More settings").click()
-    page.locator("#image-size input").fill("64")
-    page.locator("#image-size input").press("Tab")
     shoot(page, "2-dataset")
 
     # one click trains; Cancel is live while it runs; the metrics and confusion matrix follow
@@ -104,3 +130,29 @@ def test_upload_train_find_in_zoo_and_predict(page, tmp_path):
     assert top.inner_text().strip() == "red"  # and it is the right one
     expect(page.locator("#prediction")).to_contain_text("blue")  # the runners-up are listed too
     shoot(page, "5-predict")
+
+
+def test_cancel_and_closing_the_page_stop_a_fit_and_save_nothing(page, browser, url, zoo, tmp_path):
+    from playwright.sync_api import expect
+
+    upload = colour_zip(tmp_path / "colours.zip")
+    before = sorted(path.name for path in zoo.iterdir())
+    # from-scratch never stops early by itself: 300 epochs would take minutes
+    upload_and_set(page, upload, image_size=64, strategy="from-scratch", epochs=300)
+    page.locator("#train-button").click()
+    expect(page.locator("#train-status")).to_contain_text(" · epoch ", timeout=TRAINING_TIMEOUT_MS)
+    shoot(page, "6-training")
+    page.locator("#cancel-button").click()
+    expect(page.locator("#train-status")).to_have_text("Cancelled. Nothing was saved.")
+    expect(page.locator("#train-button")).to_be_enabled()
+    shoot(page, "7-cancelled")
+
+    # a user who closes the page mid-fit: the fit stops too
+    page.locator("#train-button").click()
+    expect(page.locator("#train-status")).to_contain_text(" · epoch ", timeout=TRAINING_TIMEOUT_MS)
+    page.close()
+    deadline = time.monotonic() + 60
+    while any(thread.name == "fit" for thread in threading.enumerate()):
+        assert time.monotonic() < deadline, "the fit of a closed page is still running"
+        time.sleep(0.5)
+    assert sorted(path.name for path in zoo.iterdir()) == before
