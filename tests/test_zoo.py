@@ -128,6 +128,26 @@ def _loaded(model, entry):
     return LoadedModel(entry.name, model, entry.spec, entry)
 
 
+def test_model_card_speaks_the_hubs_metadata_and_a_persons_language(digits_model):
+    from huggingface_hub import ModelCard
+
+    text = (digits_model.path / "README.md").read_text()
+    card = ModelCard(text)
+    assert card.data.library_name == "timm" and card.data.pipeline_tag == "image-classification"
+    assert {"transfer-zoo", "strategy-feature-extractor"} <= set(card.data.tags)
+    assert card.data.metrics == ["accuracy", "f1"]  # names here, values in model-index
+    values = {result.metric_type: result.metric_value for result in card.data.eval_results}
+    assert values == {"accuracy": round(digits_model.metrics["accuracy"], 4),
+                      "f1": round(digits_model.metrics["macro_f1"], 4)}
+    assert card.data.eval_results[0].dataset_split == "validation"
+    body = card.text
+    assert "An image classifier for 10 classes" in body and "feature-extractor" in body
+    assert "| 7 | 32 | 8 |" in body  # class counts per split
+    matrix = digits_model.metrics["confusion_matrix"]
+    assert "| **3** | " + " | ".join(map(str, matrix[3])) + " |" in body
+    assert "python -m zoo predict zoo-digits" in body and 'timm.create_model("local-dir:' in body
+
+
 def test_search_show_rename_remove(own_zoo):
     names = lambda query: [entry.name for entry in list_entries(zoo=own_zoo, query=query)]  # noqa: E731
     assert names("digits feature") == ["zoo-digits"]

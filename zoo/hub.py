@@ -149,7 +149,8 @@ def list_hub_models(
     with _hub_errors("list Hub models", token):
         namespace = namespace or os.environ.get(NAMESPACE_ENV) or (_default_namespace(api, token) if token else None)
         models = list(api.list_models(
-            author=namespace, filter=[PROJECT_TAG],
+            author=namespace, filter=[PROJECT_TAG], limit=None if namespace else 200,  # everyone's: the newest
+            sort=None if namespace else "last_modified",
             expand=["author", "private", "downloads", "likes", "lastModified", "tags"],
         ))
     rows = [_model_row(model, api.endpoint) for model in models]

@@ -333,7 +333,10 @@ def import_model(
     try:
         with zipfile.ZipFile(path) as opened:
             members, folder = _archive_members(opened, path.name)
-            name = validate_name(name or folder or path.stem)
+            try:
+                name = validate_name(name or folder or path.stem)
+            except ZooError as error:
+                raise ZooError(f"{error} Give the model another name (--name).") from None
             root = ensure_zoo(zoo)
             target = check_free(root, name, overwrite=overwrite)
             with staging_folder(root, name) as staging:
