@@ -40,6 +40,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # the app never needs the inte
 
 import contextlib  # noqa: E402
 import functools  # noqa: E402
+import hashlib  # noqa: E402
 import inspect  # noqa: E402
 import logging  # noqa: E402
 import queue  # noqa: E402
@@ -60,7 +61,7 @@ from transfer import Cancelled, DataError  # noqa: E402
 from transfer.data import Dataset, Limits, load_dataset  # noqa: E402
 from transfer.strategies import STRATEGIES, estimate_seconds  # noqa: E402
 from transfer.train import Progress  # noqa: E402
-from zoo import ZooError  # noqa: E402
+from zoo import ZooError, zoo_dir  # noqa: E402
 from zoo.images import ImageError, open_image  # noqa: E402
 from zoo.predict import ModelCache, predict  # noqa: E402
 from zoo.store import list_entries, read_entry, remove_model, rename_model, validate_name  # noqa: E402
@@ -341,7 +342,7 @@ def export_selected(name: str | None) -> str:
 
     if not name:
         raise gr.Error("Select the model to export first.")
-    exports = Path(tempfile.gettempdir()) / "transfer-zoo-exports"
+    exports = zoo_dir() / "cache" / "exports"
     for old in exports.glob("*/*.zip"):
         if time.time() - old.stat().st_mtime > EXPORT_KEEP_SECONDS:
             shutil.rmtree(old.parent, ignore_errors=True)
@@ -460,16 +461,18 @@ def predict_images(name: str | None, files: list[str] | None, top_k: float) -> p
 
 
 def example_dataset_zip() -> str:
-    """assets/digits as a zip (what a user would upload), built once per machine."""
-    target = Path(tempfile.gettempdir()) / "transfer-zoo-example" / f"{EXAMPLE_DATASET.name}.zip"
+    """assets/digits as a zip (what a user would upload), built once into the zoo's cache."""
+    files = sorted(file for file in EXAMPLE_DATASET.rglob("*") if file.is_file() and not file.name.startswith("."))
+    digest = hashlib.sha1(repr([(f.relative_to(EXAMPLE_DATASET).as_posix(), f.stat().st_size) for f in files])
+                          .encode()).hexdigest()[:12]
+    target = zoo_dir() / "cache" / "examples" / f"{EXAMPLE_DATASET.name}-{digest}" / f"{EXAMPLE_DATASET.name}.zip"
     if target.is_file():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_suffix(f".{os.getpid()}.tmp")
+    staging = target.with_suffix(f".{os.getpid()}.partial")
     with zipfile.ZipFile(staging, "w", zipfile.ZIP_DEFLATED) as archive:
-        for file in sorted(EXAMPLE_DATASET.rglob("*")):
-            if file.is_file() and not file.name.startswith("."):
-                archive.write(file, f"{EXAMPLE_DATASET.name}/{file.relative_to(EXAMPLE_DATASET).as_posix()}")
+        for file in files:
+            archive.write(file, f"{EXAMPLE_DATASET.name}/{file.relative_to(EXAMPLE_DATASET).as_posix()}")
     os.replace(staging, target)
     return str(target)
 
@@ -945,7 +948,7 @@ def example_images() -> list[list[str]]:
 
 def build_demo() -> gr.Blocks:
     config = app_config()
-    with gr.Blocks(title="Transfer Zoo", delete_cache=(3600, 6 * 3600)) as demo:
+    with gr.Blocks(title="Transfer Zoo", delete_cache=(3600, 6 * 3600)) as demo:  # uploads go after 6 h
         with gr.Row(equal_height=True):
             gr.Markdown("# Transfer Zoo\nFine-tune a pretrained image model on your own labelled pictures "
                         "in one click, keep it in the zoo, and try it here.", elem_id="app-title")
@@ -1146,6 +1149,7 @@ def build_demo() -> gr.Blocks:
             api_name="after_training", **INTERNAL,
         )
         cancel_button.click(cancel_training, run_state, status, api_name="cancel", queue=False)
+    demo.queue(default_concurrency_limit=2)  # events without their own limit; see PREDICTING, TRAINING
     return demo
 
 
@@ -1153,7 +1157,8 @@ demo = build_demo()
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    demo.queue(default_concurrency_limit=2).launch(
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up requests
+    demo.launch(
         # a Space must listen on every interface; locally only this machine (GRADIO_SERVER_NAME overrides)
         server_name=os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if app_config().on_space else "127.0.0.1"),
         **launch_options(),

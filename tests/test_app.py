@@ -69,7 +69,6 @@ def serving(zoo: Path) -> Iterator[str]:
         patch.setenv("ZOO_DIR", str(zoo))
         import app
 
-        app.demo.queue()
         _, url, _ = app.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
                                     quiet=True, **app.launch_options())
         try:
