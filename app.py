@@ -16,9 +16,10 @@ loss/accuracy curve. Cancel sets the run's stop flag, which `fit` polls every ba
 (`concurrency_id="training"`), while predictions have their own concurrency and keep answering.
 
 Who may do what: locally, everything. On a Hugging Face Space (`SPACE_ID` set) anyone may browse,
-predict and run a short fine-tune, but deleting, renaming, pushing, pulling and listing Hub models
-need the Space owner's Hugging Face sign-in (`gr.LoginButton`; README front matter `hf_oauth: true`),
-so the Space's `HF_TOKEN` is never used on a visitor's behalf.
+predict, export and run a short fine-tune from a bundled or zoo backbone, but deleting, renaming,
+importing, anything on the Hub, and fine-tuning from a Hub name or a file need the Space owner's
+Hugging Face sign-in (`gr.LoginButton`; README front matter `hf_oauth: true`), so the Space's
+`HF_TOKEN` is never used on a visitor's behalf and visitors cannot name files on the server.
 
 Environment:
     ZOO_DIR                where models live (a Space with persistent storage: /data/zoo)
@@ -771,12 +772,16 @@ def _status_text(event: Progress | None, started: float, estimate: float | None)
 
 @friendly_errors
 def train_model(zip_path, backbone, strategy, name, image_size, epochs, batch_size, max_seconds,
-                progress=gr.Progress()):
+                profile: gr.OAuthProfile | None, progress=gr.Progress()):
     """Fine-tune on the uploaded zip, yielding live status and curve; saves to the zoo at the end.
 
     Yields (status, accuracy plot, loss plot, results, per-class table, confusion matrix, run, trained name)."""
     config = app_config()
     settings = FitSettings.from_widgets(backbone, strategy, name, image_size, epochs, batch_size, max_seconds)
+    if not (settings.backbone in BUNDLED or settings.backbone.startswith("zoo:")):
+        # a Hub download would use the Space's token; a file path would read the server's disk
+        require_owner(f"fine-tune from '{settings.backbone}' (visitors: {', '.join(BUNDLED)} or zoo:NAME)",
+                      profile, config)
     dataset = open_upload(zip_path, config)
     if settings.name and settings.name in {entry.name for entry in list_entries()}:
         raise gr.Error(f"A model named '{settings.name}' is already in the zoo; choose another name "

@@ -365,6 +365,9 @@ def test_on_a_space_visitors_cannot_delete_rename_or_use_the_hub(trained, client
         with pytest.raises(AppError, match=expected) as error:
             client.predict(*arguments, api_name=call)
         assert "hf_the_space_owners_secret" not in str(error.value)
+    for backbone in ("hf-hub:alice/private-model", "tf_efficientnet_lite0@/etc/passwd"):
+        with pytest.raises(AppError, match=expected):
+            train(client, colours_zip, name="visitor", backbone=backbone).result()
     assert (app_zoo / "colours-fe" / "model.safetensors").is_file() and not (app_zoo / "mine").exists()
     # browsing and predicting stay open to everyone
     table, *_ = client.predict("", None, api_name="/list_zoo")
