@@ -772,10 +772,12 @@ def _status_text(event: Progress | None, started: float, estimate: float | None)
 
 @friendly_errors
 def train_model(zip_path, backbone, strategy, name, image_size, epochs, batch_size, max_seconds,
-                profile: gr.OAuthProfile | None, progress=gr.Progress()):
+                run: TrainingRun | None, profile: gr.OAuthProfile | None, progress=gr.Progress()):
     """Fine-tune on the uploaded zip, yielding live status and curve; saves to the zoo at the end.
 
-    Yields (status, accuracy plot, loss plot, results, per-class table, confusion matrix, run, trained name)."""
+    run: the page's run, made when Train was clicked (so Cancel works while the fit waits in the
+    queue); API calls come without one. Yields (status, accuracy plot, loss plot, results,
+    per-class table, confusion matrix, run, trained name)."""
     config = app_config()
     settings = FitSettings.from_widgets(backbone, strategy, name, image_size, epochs, batch_size, max_seconds)
     if not (settings.backbone in BUNDLED or settings.backbone.startswith("zoo:")):
@@ -789,12 +791,17 @@ def train_model(zip_path, backbone, strategy, name, image_size, epochs, batch_si
     estimate = estimate_seconds(settings.strategy, num_train=len(dataset.train),
                                 num_eval=len(dataset.val) + len(dataset.test), image_size=settings.image_size,
                                 epochs=settings.epochs, architecture=_architecture(settings.backbone))
-    run, curve, started = TrainingRun(), TrainingCurve(), time.monotonic()
+    hidden = gr.update(value=None, visible=False)
+    if not isinstance(run, TrainingRun) or run.thread is not None:
+        run = TrainingRun()
+    elif run.stop.is_set():  # cancelled while waiting in the queue
+        yield "**Cancelled.** Nothing was saved.", None, None, "", hidden, hidden, None, None
+        return
+    curve, started = TrainingCurve(), time.monotonic()
     run.start(data=dataset, backbone=settings.backbone, strategy=settings.strategy, name=settings.name,
               epochs=settings.epochs, image_size=settings.image_size, batch_size=settings.batch_size,
               max_seconds=config.time_budget(settings.max_seconds))
     progress(0, desc="Starting")
-    hidden = gr.update(value=None, visible=False)
     yield _status_text(None, started, estimate), None, None, "", hidden, hidden, run, None
     last, shown, new_points = None, time.monotonic(), False
     try:
@@ -827,9 +834,11 @@ def train_model(zip_path, backbone, strategy, name, image_size, epochs, batch_si
 
 @friendly_errors
 def cancel_training(run: TrainingRun | None) -> str:
-    if not isinstance(run, TrainingRun) or not run.running:
+    if not isinstance(run, TrainingRun) or run.stop.is_set() or (run.thread is not None and not run.running):
         return "Nothing is training right now."
     run.stop.set()
+    if run.thread is None:
+        return "**Cancelled** before it started. Nothing was saved."
     return "**Stopping…** (within a batch or two; nothing will be saved)"
 
 
@@ -898,12 +907,14 @@ def after_training(trained: str | None, query: str):
         return gr.update(choices=names, value=trained) if trained else gr.update(choices=names)
 
     return (table, pick(), pick(), card, text_box, gr.update(choices=image_backbones()),
-            gr.update(interactive=True), gr.update(interactive=False), gr.update(visible=False))
+            gr.update(interactive=True), gr.update(interactive=False), gr.update(visible=False), None)
 
 
 def training_started():
-    """Train greys out, Cancel lights up, the progress bar and the curve appear (`after_training` undoes)."""
-    return gr.update(interactive=False), gr.update(interactive=True), gr.update(visible=True), gr.update(visible=True)
+    """Train greys out, Cancel lights up, the progress bar and the curves appear (`after_training`
+    undoes it), and the run exists at once, so Cancel works while it waits in the queue."""
+    return (gr.update(interactive=False), gr.update(interactive=True), gr.update(visible=True),
+            gr.update(visible=True), TrainingRun())
 
 
 def backbone_choices():
@@ -1142,15 +1153,17 @@ def build_demo() -> gr.Blocks:
               estimate_text, [facts_state, backbone, strategy, image_size, epochs], estimate,
               api_name="estimate", **INTERNAL)
         train_button.click(
-            training_started, None, [train_button, cancel_button, progress_area, curves],
+            training_started, None, [train_button, cancel_button, progress_area, curves, run_state],
             api_name="lock_train", queue=False, **INTERNAL,
         ).then(
-            train_model, [dataset_file, backbone, strategy, model_name, image_size, epochs, batch_size, max_seconds],
+            train_model,
+            [dataset_file, backbone, strategy, model_name, image_size, epochs, batch_size, max_seconds, run_state],
             [status, accuracy_plot, loss_plot, results, per_class, confusion, run_state, trained_state],
             api_name="train", show_progress_on=[progress_area], **TRAINING,
         ).then(
             after_training, [trained_state, zoo_query],
-            [zoo_table, predict_model, zoo_model, card, text, backbone, train_button, cancel_button, progress_area],
+            [zoo_table, predict_model, zoo_model, card, text, backbone, train_button, cancel_button, progress_area,
+             run_state],
             api_name="after_training", **INTERNAL,
         )
         cancel_button.click(cancel_training, run_state, status, api_name="cancel", queue=False)

@@ -142,10 +142,23 @@ def test_cancel_and_closing_the_page_stop_a_fit_and_save_nothing(page, browser, 
     page.locator("#train-button").click()
     expect(page.locator("#train-status")).to_contain_text(" · epoch ", timeout=TRAINING_TIMEOUT_MS)
     shoot(page, "6-training")
+
+    # a second user's fit waits in the queue (one fit at a time); Cancel works there too
+    other = browser.new_page(viewport={"width": 1400, "height": 1000})
+    other.goto(url)
+    upload_and_set(other, upload, image_size=64)
+    other.locator("#train-button").click()
+    expect(other.locator("#cancel-button")).to_be_enabled()
+    other.locator("#cancel-button").click()
+    expect(other.locator("#train-status")).to_contain_text("Cancelled before it started")
+
     page.locator("#cancel-button").click()
     expect(page.locator("#train-status")).to_have_text("Cancelled. Nothing was saved.")
     expect(page.locator("#train-button")).to_be_enabled()
     shoot(page, "7-cancelled")
+    expect(other.locator("#train-status")).to_have_text("Cancelled. Nothing was saved.")  # its turn came
+    expect(other.locator("#train-button")).to_be_enabled()
+    other.close()
 
     # a user who closes the page mid-fit: the fit stops too
     page.locator("#train-button").click()
