@@ -36,11 +36,10 @@ IMAGES = sorted(str(p) for p in (ASSETS / "digits").glob("*/*.png"))[::25]
 
 
 @pytest.fixture(scope="module")
-def hub_zoo(digits_small, tmp_path_factory) -> Path:
-    """A zoo with one real digits model (feature-extractor at 32 px)."""
-    zoo = tmp_path_factory.mktemp("hub-zoo")
-    fit(digits_small, strategy="feature-extractor", image_size=32, zoo=zoo, name="hub-digits")
-    return zoo
+def hub_zoo(digits_small, zoo_path) -> Path:
+    """The session zoo (its feature cache makes this fit quick) with a real digits model."""
+    fit(digits_small, strategy="feature-extractor", image_size=32, zoo=zoo_path, name="hub-digits")
+    return zoo_path
 
 
 @pytest.fixture

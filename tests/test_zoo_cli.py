@@ -11,14 +11,19 @@ import pytest
 from conftest import ASSETS, run_cli
 from transfer.fit import fit
 from zoo.predict import predict
+from zoo.store import list_entries
 
 IMAGES = [str(ASSETS / "digits" / "3" / "0003.png"), str(ASSETS / "photos" / "cat.jpg")]
 
 
 @pytest.fixture(scope="module")
-def cli_zoo(digits_small, tmp_path_factory) -> Path:
+def cli_zoo(digits_small, zoo_path, tmp_path_factory) -> Path:
+    """A zoo of its own with one real digits model (fitted in the session zoo, where the feature
+    cache makes it quick) and the built-ins described (as any first listing would)."""
     zoo = tmp_path_factory.mktemp("cli-zoo")
-    fit(digits_small, strategy="feature-extractor", image_size=32, zoo=zoo, name="cli-digits")
+    result = fit(digits_small, strategy="feature-extractor", image_size=32, zoo=zoo_path, name="cli-digits")
+    shutil.copytree(result.path, zoo / "cli-digits")
+    list_entries(zoo=zoo)
     return zoo
 
 
