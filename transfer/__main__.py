@@ -153,7 +153,9 @@ def _advise(args: argparse.Namespace) -> int:
           f"probe accuracy by stage [{stages}], final {similarity['final_accuracy']:.2f} "
           f"({similarity['probe_images']} images at {similarity['image_size']} px)")
     print("estimated seconds: " + ", ".join(f"{name} {seconds:g}" for name, seconds in advice.estimated_seconds.items())
-          + (f" (budget {advice.budget_seconds:g})" if advice.budget_seconds else ""))
+          + (f" (budget {advice.budget_seconds:g})" if advice.budget_seconds else "")
+          + (f"; this machine ran the feature pass {advice.speed:g}x as long as the cost model expects, "
+             "and the estimates allow for it" if advice.speed != 1 else ""))
     return 0
 
 

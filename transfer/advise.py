@@ -13,7 +13,7 @@ The classic guide (`transfer.strategies`) picks by SIZE and SIMILARITY; both are
               or `shallow` runs the backbone once per image in all:
               - feature shift: each BatchNorm layer of a pretrained network stores the per-channel
                 mean and variance of its input over the pretraining images. The pass records the
-                same statistics on the user's images (hooks on every BatchNorm layer, on a 16x16 grid
+                same statistics on the user's images (hooks on every BatchNorm layer, on a 4x4 lattice
                 of positions per map), and the shift is the KL divergence between the two, per
                 channel as Gaussians: the median over channels, averaged over layers. 0 means "looks
                 exactly like the pretraining data". Measured on the bundled EfficientNet-Lite0: crops
@@ -24,8 +24,12 @@ The classic guide (`transfer.strategies`) picks by SIZE and SIMILARITY; both are
                 separate the classes clearly worse than an earlier stage's, the deep layers do not
                 suit this data (and `shallow`, which keeps the early stages, does).
 
-`choose_strategy` turns those numbers, per-strategy time estimates (`estimate_seconds`) and the
-budget into a strategy and two or three plain sentences. It is a pure function of the numbers, so
+The time estimates are `estimate_seconds`'s cost model scaled by the measured speed: how much longer
+than the model predicts the advice's own feature pass took (a busy or slower computer), so the budget
+rule works with what this machine does right now.
+
+`choose_strategy` turns those numbers, per-strategy time estimates and the budget into a strategy
+and two or three plain sentences. It is a pure function of the numbers, so
 the rule is tested as a table of cases.
 
 Large data is probed on a stratified sample (at most `PROBE_PER_CLASS` images per class): whole-network
@@ -51,7 +55,7 @@ import torch
 
 from transfer import DataError
 from transfer.data import Dataset, load_dataset
-from transfer.strategies import STRATEGIES, estimate_seconds
+from transfer.strategies import STRATEGIES, estimate_pass_seconds, estimate_seconds
 from transfer.train import Progress, ProgressCallback, Run
 from zoo import zoo_dir
 from zoo.model import ModelSpec
@@ -71,7 +75,10 @@ PROBE_PER_CLASS = 50  # large data: images per class (train + val) in the sample
 PROBE_MAX_IMAGES = 2000  # most images the ridge probe fits on (stratified sample of the features)
 PROBE_FOLDS = 5
 SHIFT_RECHECK_IMAGES = 128  # features cached by a plain fit (no shift recorded): images re-run for the shift
-GRID = 16  # BatchNorm statistics are sampled on about GRID x GRID positions per feature map
+SPEED_MIN_IMAGES = 32  # a pass over fewer images says little about this machine's speed
+SPEED_RANGE = (0.25, 20.0)  # measured slowness is clamped to this range before it scales the estimates
+GRID = 4  # BatchNorm statistics are sampled on a GRID x GRID lattice of positions per feature map: cheap
+# next to the convolutions, and still thousands of samples per channel over a few batches
 
 PLAIN_WORDS = {
     "feature-extractor": "train only a new final layer on top of the pretrained network, which takes seconds",
@@ -139,6 +146,7 @@ class Advice:
     size: dict[str, Any]  # SizeMeasure fields + size_class
     similarity: dict[str, Any]  # SimilarityMeasure fields + similar, depth_gain, best_stage
     estimated_seconds: dict[str, float]  # per strategy, for the fit that would follow
+    speed: float  # how much slower than the cost model this machine ran the pass (1.0: not measured)
     budget_seconds: float | None
     preference: list[str]
     over_budget: list[str]
@@ -288,10 +296,10 @@ def advise(
     frozen_size = image_size or native_size(weights)
     whole = size.size_class == "small"  # the frozen fit will want every image's features: compute them all
     probed = dataset if whole else stratified_sample(dataset, PROBE_PER_CLASS, seed)
-    similarity = measure_similarity(probed, weights, frozen_size, batch_size=batch_size, zoo=zoo, run=run)
+    similarity, speed = measure_similarity(probed, weights, frozen_size, batch_size=batch_size, zoo=zoo, run=run)
 
     estimates = estimate_fits(dataset, weights, image_size=image_size, epochs=epochs,
-                              cached_size=frozen_size if whole else None)
+                              cached_size=frozen_size if whole else None, speed=speed or 1.0)
     choice = choose_strategy(size, similarity, estimates, budget_seconds)
     advice = Advice(
         strategy=choice.strategy,
@@ -300,6 +308,7 @@ def advise(
         similarity={**asdict(similarity), "similar": choice.similar, "depth_gain": _rounded(similarity.depth_gain),
                     "best_stage": similarity.best_stage},
         estimated_seconds=estimates,
+        speed=speed or 1.0,
         budget_seconds=budget_seconds,
         preference=list(choice.preference),
         over_budget=list(choice.over_budget),
@@ -315,17 +324,18 @@ def advise(
 
 
 def estimate_fits(dataset: Dataset, weights: Weights, *, image_size: int | None = None, epochs: int | None = None,
-                  cached_size: int | None = None) -> dict[str, float]:
+                  cached_size: int | None = None, speed: float = 1.0) -> dict[str, float]:
     """Estimated seconds of a fit of `dataset` under each strategy (`estimate_seconds`).
 
-    cached_size: the input size at which the frozen features of every image are already cached."""
+    cached_size: the input size at which the frozen features of every image are already cached.
+    speed: the measured slowness of this machine (see `Advice.speed`)."""
     estimates = {}
     for name, plan in STRATEGIES.items():
         fit_size = image_size or plan.image_size or native_size(weights)
         cached = fit_size == cached_size and (not plan.trains_backbone or plan.head_warmup)
         estimates[name] = round(estimate_seconds(
             name, num_train=len(dataset.train), num_eval=len(dataset.val) + len(dataset.test), image_size=fit_size,
-            epochs=epochs, architecture=weights.architecture, features_cached=cached), 1)
+            epochs=epochs, architecture=weights.architecture, features_cached=cached, speed=speed), 1)
     return estimates
 
 
@@ -360,23 +370,30 @@ def stratified_sample(dataset: Dataset, per_class: int, seed: int = 0) -> Datase
 
 
 def measure_similarity(dataset: Dataset, weights: Weights, image_size: int, *, batch_size: int = 32,
-                       zoo: str | Path | None = None, run: Run | None = None) -> SimilarityMeasure:
-    """Feature shift and per-stage probe accuracies of `dataset` (train + val; test is never looked at)."""
+                       zoo: str | Path | None = None, run: Run | None = None) -> tuple[SimilarityMeasure, float | None]:
+    """Feature shift and per-stage probe accuracies of `dataset` (train + val; test is never looked at),
+    and how much slower than `estimate_pass_seconds` the backbone pass ran (None: the features were cached)."""
     from transfer.fit import _cached_features, _feature_pass  # the frozen fits' own cached pass
 
     run = run or Run()
     model = create_backbone(weights).eval().to(memory_format=torch.channels_last)
     spec = ModelSpec.for_weights(weights, dataset.classes, image_size=image_size)
+    began = time.monotonic()
     with BatchNormStatistics(model) as recorder:
         features, labels, key = _cached_features(dataset, model, weights, spec, batch_size, zoo, run)
-    shift = recorder.feature_shift() if recorder.images else _stored_shift(key, zoo)
-    if shift is None and recorder.layers:  # the cache came from a plain fit: re-run a sample for the shift
+    if recorder.images:  # the pass ran here
+        measured = _pass_measurements(recorder, time.monotonic() - began, image_size, weights)
+    else:
+        measured = _stored_measurements(key, zoo)
+    if measured is None and recorder.layers:  # the cache came from a plain fit: re-run a sample to measure
         sample = stratified_sample(dataset, max(2, SHIFT_RECHECK_IMAGES // len(dataset.classes)))
+        began = time.monotonic()
         with BatchNormStatistics(model) as recorder:
             _feature_pass(sample, sample.train + sample.val, model, spec, batch_size, run)
-        shift = recorder.feature_shift()
-    if recorder.images and shift is not None:
-        _store_shift(key, zoo, shift, recorder.images)  # a later advice on the cached features reads it
+        measured = _pass_measurements(recorder, time.monotonic() - began, image_size, weights)
+    if recorder.images:
+        _store_measurements(key, zoo, measured)  # a later advice on the cached features reads them
+    shift, speed = (measured["feature_shift"], measured["speed"]) if measured else (None, None)
 
     train, val = features["train"], features["val"]
     targets = torch.tensor(labels["train"] + labels["val"])
@@ -387,8 +404,9 @@ def measure_similarity(dataset: Dataset, weights: Weights, image_size: int, *, b
         run.check()
         accuracies.append(round(probe_accuracy(candidate, targets, len(dataset.classes)), 4))
         run.report(Progress("probe", done + 1, len(candidates), message="how well each stage separates the classes"))
-    return SimilarityMeasure(feature_shift=_rounded(shift), stage_accuracy=tuple(accuracies[:-1]),
-                             final_accuracy=accuracies[-1], probe_images=len(targets), image_size=image_size)
+    similarity = SimilarityMeasure(feature_shift=_rounded(shift), stage_accuracy=tuple(accuracies[:-1]),
+                                   final_accuracy=accuracies[-1], probe_images=len(targets), image_size=image_size)
+    return similarity, speed
 
 
 def probe_accuracy(features: torch.Tensor, labels: torch.Tensor, num_classes: int, *, folds: int = PROBE_FOLDS,
@@ -461,10 +479,11 @@ class BatchNormStatistics:
                 return
             if index == 0:
                 self.images += activation.shape[0]
-            step = max(1, min(activation.shape[2:]) // GRID)
-            grid = activation[:, :, ::step, ::step].permute(0, 2, 3, 1).reshape(-1, activation.shape[1]).double()
+            step = max(1, math.ceil(min(activation.shape[2:]) / GRID))
+            grid = activation[:, :, step // 2::step, step // 2::step].permute(0, 2, 3, 1).reshape(-1, activation.shape[1])
             count, total, squares = self.sums.get(index, (0, 0.0, 0.0))
-            self.sums[index] = [count + len(grid), total + grid.sum(0), squares + (grid * grid).sum(0)]
+            self.sums[index] = [count + len(grid), total + grid.sum(0, dtype=torch.float64),
+                                squares + grid.square().sum(0, dtype=torch.float64)]
 
         return record
 
@@ -484,23 +503,34 @@ class BatchNormStatistics:
         return sum(per_layer) / len(per_layer) if per_layer else None
 
 
-def _shift_file(key: str, zoo) -> Path:
+def _pass_measurements(recorder: BatchNormStatistics, seconds: float, image_size: int,
+                       weights: Weights) -> dict[str, Any]:
+    """What a backbone pass tells: the feature shift, and its speed against the cost model."""
+    speed = None
+    if recorder.images >= SPEED_MIN_IMAGES:
+        modelled = estimate_pass_seconds(recorder.images, image_size=image_size, architecture=weights.architecture)
+        speed = round(min(max(seconds / modelled, SPEED_RANGE[0]), SPEED_RANGE[1]), 2)
+    return {"feature_shift": recorder.feature_shift(), "speed": speed, "images": recorder.images}
+
+
+def _measurements_file(key: str, zoo) -> Path:
     return zoo_dir(zoo) / "cache" / "advice" / f"{key}.json"
 
 
-def _stored_shift(key: str, zoo) -> float | None:
-    path = _shift_file(key, zoo)
+def _stored_measurements(key: str, zoo) -> dict[str, Any] | None:
+    """What the pass that filled feature cache `key` measured, if an advice ran it (else None)."""
     try:
-        return float(json.loads(path.read_text())["feature_shift"])
+        stored = json.loads(_measurements_file(key, zoo).read_text())
+        return {"feature_shift": stored["feature_shift"], "speed": stored["speed"], "images": int(stored["images"])}
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _store_shift(key: str, zoo, shift: float, images: int) -> None:
-    path = _shift_file(key, zoo)
+def _store_measurements(key: str, zoo, measured: dict[str, Any]) -> None:
+    path = _measurements_file(key, zoo)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps({"feature_shift": shift, "images": images}))
+    temporary.write_text(json.dumps(measured))
     os.replace(temporary, path)
 
 

@@ -10,9 +10,11 @@ measures the data (what `auto` would choose, with the reasons); its frozen pass 
 cache, so `feature-extractor` and `shallow` share one backbone pass with it. Then the frozen
 strategies run, then `fine-tune` and `from-scratch`.
 
-The budget is split in proportion to each run's estimated time (`transfer.strategies.estimate_seconds`)
-and re-split after every run, so time a quick run leaves over goes to the runs after it. A run that
-reaches its share stops early and keeps its best epoch (the row says so).
+The budget is shared by the runs' estimated times (`transfer.strategies.estimate_seconds`, scaled by
+the speed the advice measured on this machine): in proportion when it covers them all, otherwise the
+quick runs get what they need and the costly ones share the rest equally. It is re-split after every
+run, so time a quick run leaves over goes to the runs after it. A run that reaches its share stops
+early and keeps its best epoch (the row says so).
 
 Each run is saved in the zoo as `<id>-<strategy>`, its transfer.json marked
 `"comparison": {"id", "siblings", "budget_seconds", "advised"}`, so the comparison can be rebuilt from
@@ -166,7 +168,8 @@ def compare(
               "advised": advice.strategy}
     rows = []
     for position, strategy in enumerate(order):
-        estimates = estimate_fits(dataset, weights, image_size=image_size, epochs=epochs, cached_size=cached_size)
+        estimates = estimate_fits(dataset, weights, image_size=image_size, epochs=epochs, cached_size=cached_size,
+                                  speed=advice.speed)
         share = _share(budget_seconds, time.monotonic() - started, strategy, order[position:], estimates)
         run.report(Progress("compare", position, len(order), message=(
             f"{strategy} ({position + 1}/{len(order)})" + (f", {share:.0f} s of the budget" if share else ""))))
@@ -220,12 +223,29 @@ def _run_order(strategies: Sequence[str]) -> list[str]:
 
 def _share(budget: float | None, spent: float, strategy: str, remaining: Sequence[str],
            estimates: dict[str, float]) -> float | None:
-    """This run's seconds: what is left of the budget, in proportion to the runs still to go."""
+    """This run's seconds of what is left of the budget. When it covers every remaining run's
+    estimate, the spare time is shared in proportion to the estimates; when it does not, the quick
+    runs still get what they need and the costly ones share the rest equally (max-min fair)."""
     if budget is None:
         return None
-    left = budget - spent
-    weight = estimates[strategy] / sum(estimates[name] for name in remaining)
-    return round(max(MIN_RUN_SECONDS, left * weight), 1)
+    left = max(0.0, budget - spent)
+    needs = [estimates[name] for name in remaining]
+    if sum(needs) <= left:
+        share = left * estimates[strategy] / sum(needs)
+    else:
+        share = min(estimates[strategy], _fair_level(needs, left))
+    return round(max(MIN_RUN_SECONDS, share), 1)
+
+
+def _fair_level(needs: Sequence[float], total: float) -> float:
+    """The level L with sum(min(need, L)) == total (water-filling), for total < sum(needs)."""
+    left = total
+    for position, need in enumerate(sorted(needs)):
+        fair = left / (len(needs) - position)
+        if need > fair:
+            return fair
+        left -= need
+    return max(needs)
 
 
 def _default_id(dataset: Dataset) -> str:

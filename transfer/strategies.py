@@ -117,26 +117,34 @@ def estimate_seconds(
     epochs: int | None = None,
     architecture: str = "tf_efficientnet_lite0",
     features_cached: bool = False,
+    speed: float = 1.0,
 ) -> float:
     """Rough wall-clock seconds for a fit on a 2-core CPU, for ETAs and budgets.
 
     num_eval: validation + test images. image_size / epochs default to the strategy's own.
     features_cached: the frozen features of these images at this size are already in the cache
     (e.g. `transfer.advise` just computed them), so the one backbone pass and the decoding are free.
+    speed: how much slower this machine runs right now than the model assumes (measured, e.g. by
+    timing a feature pass against `estimate_pass_seconds`); 2.0 doubles every figure.
     """
     plan = get_strategy(strategy)
     size = image_size or plan.image_size or 224
-    pixels = size * size
     scale = BACKBONE_COST.get(architecture, UNKNOWN_BACKBONE_COST)
-    infer = scale * (INFERENCE_SECONDS[0] + INFERENCE_SECONDS[1] * pixels)
-    train = scale * (TRAIN_SECONDS[0] + TRAIN_SECONDS[1] * pixels)
+    infer = scale * (INFERENCE_SECONDS[0] + INFERENCE_SECONDS[1] * size * size)
+    train = scale * (TRAIN_SECONDS[0] + TRAIN_SECONDS[1] * size * size)
     images = num_train + num_eval
     seconds = FIXED_SECONDS + HEAD_SECONDS[plan.name]
-    if plan.trains_backbone or not features_cached:
-        seconds += images * DECODE_SECONDS
     if (not plan.trains_backbone or plan.head_warmup) and not features_cached:
-        seconds += images * infer  # the one pass that fills the feature cache
+        seconds += estimate_pass_seconds(images, image_size=size, architecture=architecture)  # fills the cache
+    elif plan.trains_backbone:
+        seconds += images * DECODE_SECONDS
     if plan.trains_backbone:
         passes = epochs or plan.epochs
         seconds += passes * (num_train * train + num_eval * infer)
-    return seconds
+    return seconds * speed
+
+
+def estimate_pass_seconds(images: int, *, image_size: int, architecture: str = "tf_efficientnet_lite0") -> float:
+    """Decoding `images` and one frozen forward pass over them (what fills the feature cache)."""
+    scale = BACKBONE_COST.get(architecture, UNKNOWN_BACKBONE_COST)
+    return images * (DECODE_SECONDS + scale * (INFERENCE_SECONDS[0] + INFERENCE_SECONDS[1] * image_size ** 2))
