@@ -17,8 +17,8 @@ The classic guide (`transfer.strategies`) picks by SIZE and SIMILARITY; both are
                 of positions per map), and the shift is the KL divergence between the two, per
                 channel as Gaussians: the median over channels, averaged over layers. 0 means "looks
                 exactly like the pretraining data". Measured on the bundled EfficientNet-Lite0: crops
-                of photos 0.04-0.14 at 64-224 px (0.34 at 32 px, where a photo stops looking like
-                one), photographed textures 0.19, 8x8 handwritten digits 0.24-0.53.
+                of photos 0.06-0.14 at 64-224 px, grey photographed textures 0.21, 8x8 handwritten
+                digits 0.28-0.45; up to `SHIFT_SIMILAR` (0.2) counts as similar.
               - depth probe: a quick 5-fold cross-validated ridge classifier on each stage's pooled
                 features and on the final features. When the last, most ImageNet-specific features
                 separate the classes clearly worse than an earlier stage's, the deep layers do not
@@ -29,11 +29,11 @@ than the model predicts the advice's own feature pass took (a busy or slower com
 rule works with what this machine does right now.
 
 `choose_strategy` turns those numbers, per-strategy time estimates and the budget into a strategy
-and two or three plain sentences. It is a pure function of the numbers, so
-the rule is tested as a table of cases.
+and two or three plain sentences. It is a pure function of the numbers, so the rule is tested as a
+table of cases.
 
 Large data is probed on a stratified sample (at most `PROBE_PER_CLASS` images per class): whole-network
-strategies will be chosen for it, and they would not reuse a full frozen pass anyway.
+strategies usually suit it, and they would not reuse a full pass at the frozen strategies' size.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ GRID = 4  # BatchNorm statistics are sampled on a GRID x GRID lattice of positio
 # next to the convolutions, and still thousands of samples per channel over a few batches
 
 PLAIN_WORDS = {
-    "feature-extractor": "train only a new final layer on top of the pretrained network, which takes seconds",
+    "feature-extractor": "train only a new final layer on top of the pretrained network",
     "shallow": "keep only the network's early, generic layers and train a new final layer on them",
     "fine-tune": "retrain the whole pretrained network gently, its early layers slowest",
     "from-scratch": "train the whole network from a random start",
@@ -108,7 +108,7 @@ class SimilarityMeasure:
     feature_shift: float | None  # mean over BatchNorm layers of the median per-channel KL; None: no BatchNorm
     stage_accuracy: tuple[float, ...]  # cross-validated probe accuracy per backbone stage (may be empty)
     final_accuracy: float  # ... on the final (pre-logits) features, what feature-extractor trains on
-    probe_images: int  # images the probe and the shift were measured on
+    probe_images: int  # images the probe was fitted on (train + val; test is never looked at)
     image_size: int  # input size of the pass
 
     @property
@@ -246,7 +246,8 @@ def _choice_sentence(strategy: str, over_budget: tuple[str, ...], easy: bool,
     if over_budget:
         skipped = ", ".join(f"{name} (about {_duration(estimated_seconds[name])})" for name in over_budget)
         if fits:
-            sentence += (f" Better suited would be {skipped}, but that exceeds your "
+            verb = "exceeds" if len(over_budget) == 1 else "each exceed"
+            sentence += (f" Better suited would be {skipped}, but that {verb} your "
                          f"{_duration(budget_seconds)} budget, so this is the best that fits.")
         else:
             sentence += (f" No strategy fits your {_duration(budget_seconds)} budget; this is the quickest, and its "
@@ -372,7 +373,10 @@ def stratified_sample(dataset: Dataset, per_class: int, seed: int = 0) -> Datase
 def measure_similarity(dataset: Dataset, weights: Weights, image_size: int, *, batch_size: int = 32,
                        zoo: str | Path | None = None, run: Run | None = None) -> tuple[SimilarityMeasure, float | None]:
     """Feature shift and per-stage probe accuracies of `dataset` (train + val; test is never looked at),
-    and how much slower than `estimate_pass_seconds` the backbone pass ran (None: the features were cached)."""
+    and how much longer than `estimate_pass_seconds` its backbone pass took (None: not measured).
+
+    The pass is the frozen fits' own (`transfer.fit`'s cached features), with BatchNorm hooks on: a
+    cache hit costs no pass, and the shift and speed measured when it was filled are read back."""
     from transfer.fit import _cached_features, _feature_pass  # the frozen fits' own cached pass
 
     run = run or Run()
