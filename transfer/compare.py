@@ -104,7 +104,8 @@ class Comparison:
         lines = [f"comparison {self.id}: {self.dataset}, the same split for every run "
                  f"({self.num_train} train / {self.num_val} val / {self.num_test} test images; "
                  f"{'test' if split == 'test' else 'validation'} metrics)",
-                 f"{'strategy':<18} {'accuracy':>8} {'macro-F1':>8} {'seconds':>8} {'trainable params':>17}  note"]
+                 f"{'strategy':<18} {'accuracy':>8} {'macro-F1':>8} {'seconds':>8} {'trainable params':>17} "
+                 f"{'px':>4}  note"]
         best = self.best
         for row in self.rows:
             notes = []
@@ -118,7 +119,7 @@ class Comparison:
                 lines.append(f"{row.strategy:<18} failed: {row.error}")
                 continue
             lines.append(f"{row.strategy:<18} {row.accuracy:>8.3f} {row.macro_f1:>8.3f} {row.seconds:>8.1f} "
-                         f"{row.trainable_parameters:>17,}  {', '.join(notes)}")
+                         f"{row.trainable_parameters:>17,} {row.image_size:>4}  {', '.join(notes)}")
         if self.advice and self.advice.get("seconds") is not None:
             lines.append(f"(the advice took {self.advice['seconds']:.1f} s; when the data is small its frozen pass "
                          "is the one feature-extractor and shallow reuse, so their seconds leave it out)")
