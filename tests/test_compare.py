@@ -72,8 +72,9 @@ def test_the_budget_is_shared_and_ends_the_long_runs(comparison):
     from transfer.compare import MIN_RUN_SECONDS
 
     rows = {row.strategy: row for row in comparison.rows}
-    assert sum(row.budget_seconds for row in comparison.rows) <= BUDGET + len(rows) * MIN_RUN_SECONDS
-    assert rows["fine-tune"].stopped_by_budget and rows["from-scratch"].stopped_by_budget  # 50 epochs asked
+    for row in comparison.rows:  # every share fits in what was left of the budget when the run began
+        assert row.began_after + row.budget_seconds <= max(BUDGET, row.began_after + MIN_RUN_SECONDS) + 0.2
+    assert rows["from-scratch"].stopped_by_budget  # it was asked for 50 epochs without early stopping
 
 
 def test_a_short_budget_gives_quick_runs_what_they_need_and_splits_the_rest():

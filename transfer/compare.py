@@ -59,6 +59,7 @@ class ComparisonRow:
     seconds: float  # wall-clock of the fit
     estimated_seconds: float | None  # what the cost model expected
     budget_seconds: float | None  # this run's share of the budget
+    began_after: float = 0.0  # seconds into the comparison (advice included) when this run began
     trainable_parameters: int = 0
     total_parameters: int = 0
     image_size: int = 0
@@ -171,11 +172,12 @@ def compare(
     for position, strategy in enumerate(order):
         estimates = estimate_fits(dataset, weights, image_size=image_size, epochs=epochs, cached_size=cached_size,
                                   speed=advice.speed)
-        share = _share(budget_seconds, time.monotonic() - started, strategy, order[position:], estimates)
+        spent = time.monotonic() - started
+        share = _share(budget_seconds, spent, strategy, order[position:], estimates)
         run.report(Progress("compare", position, len(order), message=(
             f"{strategy} ({position + 1}/{len(order)})" + (f", {share:.0f} s of the budget" if share else ""))))
         rows.append(_run_one(fit, dataset, strategy, names[strategy], estimates[strategy], share, marker,
-                             backbone=backbone, zoo=zoo, image_size=image_size, epochs=epochs, batch_size=batch_size,
+                             began_after=round(spent, 1), backbone=backbone, zoo=zoo, image_size=image_size, epochs=epochs, batch_size=batch_size,
                              seed=seed, progress=progress, should_stop=should_stop))
         if rows[-1].name and not STRATEGIES[strategy].trains_backbone:
             cached_size = frozen_size  # every image's frozen features are cached now
@@ -193,7 +195,7 @@ def compare(
 
 
 def _run_one(fit: Callable, dataset: Dataset, strategy: str, name: str, estimate: float, share: float | None,
-             marker: dict[str, Any], **options: Any) -> ComparisonRow:
+             marker: dict[str, Any], *, began_after: float, **options: Any) -> ComparisonRow:
     """One fit of the comparison as a table row; a failure of this strategy alone becomes the row's error."""
     begun = time.monotonic()
     try:
@@ -203,11 +205,11 @@ def _run_one(fit: Callable, dataset: Dataset, strategy: str, name: str, estimate
         log.warning("compare: %s failed: %s", strategy, error)
         return ComparisonRow(strategy=strategy, name=None, accuracy=None, macro_f1=None,
                              seconds=round(time.monotonic() - begun, 1), estimated_seconds=estimate,
-                             budget_seconds=share, error=str(error))
+                             budget_seconds=share, began_after=began_after, error=str(error))
     return ComparisonRow(
         strategy=strategy, name=result.name, accuracy=round(result.metrics["accuracy"], 4),
         macro_f1=round(result.metrics["macro_f1"], 4), seconds=result.train_seconds, estimated_seconds=estimate,
-        budget_seconds=share, trainable_parameters=result.trainable_parameters,
+        budget_seconds=share, began_after=began_after, trainable_parameters=result.trainable_parameters,
         total_parameters=result.total_parameters, image_size=result.image_size,
         metrics_split=result.metrics_split, stopped_by_budget=result.stopped_by_budget,
     )
