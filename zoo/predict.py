@@ -8,7 +8,10 @@
 Images go through `zoo.images` (any mode or size) and the model's own preprocessing, exactly as in
 training. The cache is keyed by the model's name AND its content (the bytes of transfer.json and a
 digest of model.safetensors, memoised per file version), and every request re-reads the entry,
-so a replaced, re-imported or deleted model is never served stale.
+so a replaced, re-imported or deleted model is never served stale. A model deleted or replaced
+WHILE a request loads or uses it: a load retries on the new version (never old labels with new
+weights), and a prediction checks, before it answers, that the model it used is still the one
+under that name; if not, the request fails with a `ZooError` that says what happened.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class LoadedModel:
     model: torch.nn.Module
     spec: ModelSpec
     entry: ZooEntry
+    identity: tuple = ()  # what the model on disk was when loaded (see `_identity`); () if unknown
+    root: str = ""  # the zoo it was loaded from
 
 
 class ModelCache:
@@ -57,13 +62,22 @@ class ModelCache:
                 self._models.move_to_end(key)
                 return self._models[key]
         for _ in range(3):  # a save may replace the model while it loads: load until it holds still
-            model, entry = load_model(name, zoo=zoo)
+            try:
+                model, entry = load_model(name, zoo=zoo)
+            except ZooError:
+                now = _current_identity(name, zoo)  # raises when it was deleted meanwhile
+                if now == key[2]:
+                    raise  # nothing changed: the model itself is at fault
+                key = (*key[:2], now)  # replaced mid-load (old spec, new weights): load the new one
+                continue
             loaded_key = (str(zoo_dir(zoo)), name, _identity(entry))
             if loaded_key == key:
                 break
             key = loaded_key
+        else:
+            raise ZooError(f"Model '{name}' was replaced several times while it loaded; try again.")
         loaded = LoadedModel(name=name, model=model.to(memory_format=torch.channels_last), spec=entry.spec,
-                             entry=entry)
+                             entry=entry, identity=key[2], root=key[0])
         with self._lock:
             for old in [k for k in self._models if k[:2] == key[:2]]:
                 del self._models[old]  # an older version of this model
@@ -96,6 +110,8 @@ def predict(
         images = [images]  # one image (a path, bytes, an open file or a PIL image), not a batch
     loaded = model if isinstance(model, LoadedModel) else (cache or ModelCache(1)).get(model, zoo=zoo)
     probs = probabilities(loaded, images, texts=texts)
+    if loaded.identity:  # loaded by a ModelCache (by this call or the caller's)
+        _still_current(loaded)  # deleted or replaced while we used it: no answer from a ghost
     k = max(1, min(top_k, loaded.spec.num_classes))
     scores, indices = probs.topk(k, dim=1)
     return [
@@ -136,6 +152,22 @@ def probabilities(loaded: LoadedModel, images: Sequence[ImageSource | None], bat
                 logits = loaded.model(batch, text.select(rows), image_present=has_image[start:start + batch_size])
             outputs.append(logits.float().softmax(dim=1))
     return torch.cat(outputs)
+
+
+def _current_identity(name: str, zoo: str | Path | None) -> tuple:
+    """The identity of what the zoo holds under `name` now; `ZooError` when it was deleted."""
+    try:
+        return _identity(read_entry(name, zoo=zoo))
+    except ZooError:
+        raise ZooError(f"Model '{name}' was deleted while this request used it; nothing was predicted. "
+                       "Pick another model.") from None
+
+
+def _still_current(loaded: LoadedModel) -> None:
+    """`ZooError` unless the zoo still holds, under `loaded.name`, the very model that was used."""
+    if _current_identity(loaded.name, loaded.root) != loaded.identity:
+        raise ZooError(f"Model '{loaded.name}' was replaced while this request used it; nothing was predicted. "
+                       "Try again: the new version will answer.")
 
 
 def _identity(entry: ZooEntry) -> tuple:
