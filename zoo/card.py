@@ -51,6 +51,7 @@ def model_card(name: str, spec, info: dict[str, Any]) -> str:
         _summary(spec, strategy, backbone, info),
         _data_section(spec, data),
         _metrics_section(spec, metrics, split),
+        _text_section(spec, info),
         _usage_section(name, spec, image_only_timm),
         _provenance_section(info),
     ]
@@ -79,7 +80,8 @@ def _summary(spec, strategy: str, backbone: str, info: dict[str, Any]) -> str:
         )
     how = _STRATEGY_PROSE.get(strategy, f"strategy `{strategy}`")
     cut = f" The backbone is cut after stage {spec.cut_stage}." if spec.cut_stage is not None else ""
-    text = f" It also reads a sentence per image ({spec.text.get('encoder')})." if spec.text else ""
+    text = (f" It also reads a sentence per image ({spec.text.get('encoder')} text encoder)."
+            if spec.text else "")
     seconds = info.get("train_seconds")
     took = f" Training took {seconds:.0f} s." if isinstance(seconds, (int, float)) else ""
     return (
@@ -132,6 +134,25 @@ def _metrics_section(spec, metrics: dict[str, Any], split: str) -> str:
             lines.append(f"| **{_cell(label)}** | " + " | ".join(str(v) for v in row) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _text_section(spec, info: dict[str, Any]) -> str:
+    """Image+text models: which encoder reads the text, and what each input is worth alone."""
+    if spec.text is None:
+        return ""
+    encoder = spec.text.get("encoder") or "unknown"
+    report = (info.get("text") or {}).get("report") or {}
+    lines = ["## Image and text\n",
+             f"This model takes a sentence beside each image, read with the **{encoder}** text encoder, and "
+             "answers from the image alone, the text alone, or both."]
+    if report.get("images_with_text") is not None:
+        lines[-1] += f" {report['images_with_text']} training and evaluation images had a sentence."
+    ablation = info.get("ablation") or {}
+    if all(isinstance(ablation.get(key), (int, float)) for key in ("image_only", "text_only", "image_and_text")):
+        lines += ["\nValidation accuracy by input (ablation):\n",
+                  "| image only | text only | image and text |", "|---|---|---|",
+                  f"| {ablation['image_only']:.4f} | {ablation['text_only']:.4f} | {ablation['image_and_text']:.4f} |"]
+    return "\n".join(lines) + "\n"
 
 
 def _usage_section(name: str, spec, image_only_timm: bool) -> str:
