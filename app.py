@@ -414,9 +414,14 @@ def hub_models(namespace: str, profile: gr.OAuthProfile | None) -> pd.DataFrame:
 
 @friendly_errors
 def model_inputs(name: str | None):
-    """A text box only for models that take text beside the image."""
-    takes_text = bool(name) and read_entry(name).summary()["takes_text"]
-    return gr.update(visible=takes_text)
+    """A text box only for models that take text beside the image, emptied whenever the model changes
+    (a hidden box must not carry an old sentence into the next model's prediction)."""
+    spec = read_entry(name).spec if name else None
+    encoder = (spec.text or {}).get("encoder") if spec is not None and spec.text else None
+    if not encoder:
+        return gr.update(visible=False, value="")
+    return gr.update(visible=True, value="", info=f"This model also reads a sentence ({encoder} encoder). "
+                                                  "Give the image, the text, or both.")
 
 
 def _require_model(name: str | None) -> str:
@@ -427,11 +432,18 @@ def _require_model(name: str | None) -> str:
 
 @friendly_errors
 def predict_image(name: str | None, image: str | None, top_k: float, text: str = "") -> dict[str, float]:
-    """Top-k labels for one image, as gr.Label wants them. (`text` is for image+text models; not used yet.)"""
+    """Top-k labels for one image, as gr.Label wants them. An image+text model also takes `text`,
+    and answers from the image alone, the text alone, or both."""
     name = _require_model(name)
-    if not image:
-        raise gr.Error("Upload an image (or click one of the examples) first.")
-    [top] = predict(name, [image], top_k=int(top_k), cache=MODEL_CACHE)
+    text = (text or "").strip()
+    loaded = MODEL_CACHE.get(name)
+    takes_text = loaded.spec.text is not None
+    if not image and not (takes_text and text):
+        raise gr.Error("Upload an image (or click one of the examples) first"
+                       + (", or type the text beside it." if takes_text else "."))
+    if text and not takes_text:
+        raise gr.Error(f"'{name}' takes images only; clear the text (or pick a model trained on images with text).")
+    [top] = predict(loaded, [image or None], texts=[text or None] if takes_text else None, top_k=int(top_k))
     return {row["label"]: row["score"] for row in top}
 
 
@@ -511,7 +523,7 @@ def inspect_dataset(zip_path: str | None):
     if not zip_path:
         return "", None, [], gr.update(value=None, visible=False), None
     dataset = open_upload(zip_path, app_config())
-    facts = {"name": dataset.name, "num_train": len(dataset.train),
+    facts = {"name": dataset.name, "upload": zip_path, "num_train": len(dataset.train),
              "num_eval": len(dataset.val) + len(dataset.test), "classes": list(dataset.classes)}
     skipped = pd.DataFrame([{"file": file, "reason": reason} for file, reason in dataset.skipped[:500]],
                            columns=["file", "reason"])
@@ -527,8 +539,29 @@ def _summary_text(dataset: Dataset) -> str:
              f"{len(dataset.train)} training / {len(dataset.val)} validation images{test} ({split})."]
     if dataset.skipped:
         lines.append(f"{len(dataset.skipped)} file(s) skipped; the reasons are listed below.")
+    text = _text_summary(dataset)
+    if text:
+        lines.append(text)
     lines += [f"**Warning:** {warning}" for warning in dataset.warnings]
     return "\n\n".join(lines)
+
+
+def _text_summary(dataset: Dataset) -> str:
+    """What the metadata file(s) gave: how many images have a sentence, how many rows did not fit."""
+    report = dataset.text_report or {}
+    if not report:
+        return ""
+    total = len(dataset.train) + len(dataset.val) + len(dataset.test)
+    with_text = report.get("images_with_text", 0)
+    problems = report.get("num_rows_naming_missing_files", 0) + len(report.get("texts_without_image") or [])
+    if not with_text:
+        return ("**Text:** a metadata file is there, but none of its rows gives a sentence for an image here; "
+                "the model will read images only.")
+    line = (f"**Text:** {with_text} of {total} images have a sentence (metadata file), so the model will read "
+            "the text too and answer from the image, the text, or both.")
+    if problems:
+        line += f" {problems} metadata row(s) reported as problems (see the warnings)."
+    return line
 
 
 def _counts_frame(dataset: Dataset) -> pd.DataFrame:
@@ -558,13 +591,17 @@ def _thumbnails(dataset: Dataset, most: int = 40, side: int = 96) -> list[tuple[
 # --- Fine-tune tab: settings, estimate, training -------------------------------------------------------
 
 
+AUTO = "auto"  # transfer.advise measures the data and picks one of STRATEGIES
+
+
 def strategy_choices() -> list[str]:
-    # "auto" (transfer.advise) is not offered here yet; it goes first, and the hidden `advice` box
-    # under the strategies says why it picked what it did
-    return list(STRATEGIES)
+    return [AUTO, *STRATEGIES]
 
 
 def describe_strategy(strategy: str) -> str:
+    if strategy == AUTO:
+        return ("**auto**: measure how much data there is and how much it looks like the backbone's "
+                "pretraining photos, then pick one of the four (the advice appears once a dataset is loaded).")
     plan = STRATEGIES.get(strategy)
     return f"**{plan.name}**: {plan.when}." if plan else ""
 
@@ -584,8 +621,8 @@ class FitSettings:
     @classmethod
     def from_widgets(cls, backbone, strategy, name, image_size, epochs, batch_size, max_seconds) -> "FitSettings":
         backbone = (backbone or "").strip() or DEFAULT_BACKBONE
-        if strategy not in STRATEGIES:
-            raise gr.Error(f"Choose a strategy: {', '.join(STRATEGIES)}.")
+        if strategy not in strategy_choices():
+            raise gr.Error(f"Choose a strategy: {', '.join(strategy_choices())}.")
         name = (name or "").strip() or None
         if name is not None:
             validate_name(name)
@@ -594,10 +631,8 @@ class FitSettings:
             image_size=_whole(image_size, "Image size", 16, 1024),
             epochs=_whole(epochs, "Epochs", 1, 500),
             batch_size=_whole(batch_size, "Batch size", 2, 512) or 32,
-            max_seconds=float(max_seconds) if max_seconds else None,
+            max_seconds=_budget(max_seconds),
         )
-        if settings.max_seconds is not None and settings.max_seconds <= 0:
-            raise gr.Error("The time budget must be a positive number of seconds (or 0 for none).")
         return settings
 
 
@@ -620,19 +655,30 @@ def _architecture(backbone: str) -> str:
 
 
 @friendly_errors
-def estimate_text(facts: dict | None, backbone: str, strategy: str, image_size, epochs) -> str:
-    """How long the fit should take, from the measured cost model in `transfer.strategies`."""
-    if not facts or strategy not in STRATEGIES:
+def estimate_text(facts: dict | None, backbone: str, strategy: str, image_size, epochs,
+                  advice: dict | None = None) -> str:
+    """How long the fit should take, from the measured cost model in `transfer.strategies` (for auto:
+    the advised strategy's estimate, which allows for this machine's measured speed)."""
+    if not facts or strategy not in strategy_choices():
         return "Load a dataset to see how long training will take."
     try:
         size = _whole(image_size, "Image size", 16, 1024)
         passes = _whole(epochs, "Epochs", 1, 500)
     except gr.Error:
         return "Fix the settings to see an estimate."
-    seconds = estimate_seconds(strategy, num_train=facts["num_train"], num_eval=facts["num_eval"],
-                               image_size=size, epochs=passes, architecture=_architecture(backbone or DEFAULT_BACKBONE))
-    text = (f"Estimated time: about **{_duration(seconds)}** on a 2-core CPU for {facts['num_train']} training and "
-            f"{facts['num_eval']} evaluation images.")
+    which = ""
+    if strategy == AUTO:
+        if not advice or advice.get("upload") != facts.get("upload"):
+            return "Auto is measuring the data; the estimate follows with its advice."
+        strategy = advice["strategy"]
+        seconds = advice["estimated_seconds"][strategy]
+        which = f" (auto's choice, {strategy}, at this machine's measured speed)"
+    else:
+        seconds = estimate_seconds(strategy, num_train=facts["num_train"], num_eval=facts["num_eval"],
+                                   image_size=size, epochs=passes,
+                                   architecture=_architecture(backbone or DEFAULT_BACKBONE))
+    text = (f"Estimated time{which}: about **{_duration(seconds)}**" + ("" if which else " on a 2-core CPU")
+            + f" for {facts['num_train']} training and {facts['num_eval']} evaluation images.")
     if not STRATEGIES[strategy].trains_backbone:
         text += " A repeat on the same images is faster: their features are cached."
     cap = app_config().max_train_seconds
@@ -644,6 +690,72 @@ def estimate_text(facts: dict | None, backbone: str, strategy: str, image_size, 
 def _duration(seconds: float) -> str:
     seconds = max(0, round(seconds))
     return f"{seconds} s" if seconds < 90 else f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+@friendly_errors
+def advise_upload(zip_path: str | None, backbone: str, image_size, epochs, max_seconds,
+                  profile: gr.OAuthProfile | None, progress=gr.Progress()):
+    """What auto chooses for the upload and why (`transfer.advise`), within this app's time budget.
+
+    Runs after every new upload and settings change; its frozen pass fills the feature cache that a
+    frozen fit then reads. Returns (the advice box, the advice for the estimate and the fit)."""
+    from transfer.advise import advise
+
+    if not zip_path:
+        return gr.update(value="", visible=False), None
+    config = app_config()
+    backbone = (backbone or "").strip() or DEFAULT_BACKBONE
+    if not (backbone in BUNDLED or backbone.startswith("zoo:")):
+        require_owner(f"measure the data with '{backbone}' (visitors: {', '.join(BUNDLED)} or zoo:NAME)",
+                      profile, config)
+    try:
+        size = _whole(image_size, "Image size", 16, 1024)
+        passes = _whole(epochs, "Epochs", 1, 500)
+        budget = _budget(max_seconds)
+    except gr.Error as error:
+        return gr.update(value=f"Auto's advice waits for valid settings: {error.message}", visible=True), None
+    dataset = open_upload(zip_path, config)
+
+    def report(event: Progress) -> None:
+        progress((event.done, max(event.total, 1)), desc=f"Advice: {_stage_label(event.stage)}",
+                 unit=_stage_unit(event.stage))
+
+    advice = advise(dataset, backbone=backbone, image_size=size, epochs=passes,
+                    budget_seconds=config.time_budget(budget), progress=report)
+    facts = {"upload": zip_path, "dataset": dataset.name, "strategy": advice.strategy,
+             "estimated_seconds": advice.estimated_seconds, "reasons": advice.reasons}
+    return gr.update(value=_advice_text(advice), visible=True), facts
+
+
+def _budget(max_seconds) -> float | None:
+    """The time budget widget as seconds (0 or empty: none)."""
+    if max_seconds in (None, "", 0):
+        return None
+    if float(max_seconds) <= 0:
+        raise gr.Error("The time budget must be a positive number of seconds (or 0 for none).")
+    return float(max_seconds)
+
+
+def _advice_text(advice) -> str:
+    """The advice in brief: the choice, its reasons, and the numbers measured."""
+    size, similarity = advice.size, advice.similarity
+    measured = [f"{size['num_train']} training images, about {size['median_per_class']:.0f} per class "
+                f"({size['size_class']})"]
+    if similarity.get("feature_shift") is not None:
+        measured.append(f"feature shift {similarity['feature_shift']:.2f} "
+                        f"(similar up to {advice.thresholds.get('shift_similar', 0.2):g})")
+    probe = f"quick-test accuracy {similarity['final_accuracy']:.0%} on the last layer"
+    if similarity.get("stage_accuracy"):
+        probe += f", {max(similarity['stage_accuracy']):.0%} on the best earlier stage"
+    measured.append(probe)
+    measured.append("estimated fit: " + ", ".join(f"{name} {_duration(seconds)}"
+                                                  for name, seconds in advice.estimated_seconds.items()))
+    measured.append(f"time budget {_duration(advice.budget_seconds)}" if advice.budget_seconds else "no time budget")
+    return "\n\n".join([
+        f"**Auto's advice: {advice.strategy}**",
+        "\n".join(f"- {reason}" for reason in advice.reasons),
+        f"Measured in {advice.seconds:.1f} s: " + "; ".join(measured) + ".",
+    ])
 
 
 @dataclass
@@ -788,9 +900,9 @@ def train_model(zip_path, backbone, strategy, name, image_size, epochs, batch_si
     if settings.name and settings.name in {entry.name for entry in list_entries()}:
         raise gr.Error(f"A model named '{settings.name}' is already in the zoo; choose another name "
                        "(or leave the name empty for an automatic one).")
-    estimate = estimate_seconds(settings.strategy, num_train=len(dataset.train),
-                                num_eval=len(dataset.val) + len(dataset.test), image_size=settings.image_size,
-                                epochs=settings.epochs, architecture=_architecture(settings.backbone))
+    estimate = None if settings.strategy == AUTO else estimate_seconds(
+        settings.strategy, num_train=len(dataset.train), num_eval=len(dataset.val) + len(dataset.test),
+        image_size=settings.image_size, epochs=settings.epochs, architecture=_architecture(settings.backbone))
     hidden = gr.update(value=None, visible=False)
     if not isinstance(run, TrainingRun) or run.thread is not None:
         run = TrainingRun()
@@ -853,6 +965,10 @@ def _results_text(result) -> str:
         f"{result.trainable_parameters:,} of {result.total_parameters:,} parameters on {result.num_train} images "
         f"in {result.train_seconds:.1f} s.",
     ]
+    if result.advice:
+        lines.append(f"Strategy **auto** chose **{result.strategy}**: " + " ".join(result.advice.get("reasons", [])))
+    if result.ablation:
+        lines.append(_ablation_text(result.ablation))
     if result.details.get("cut_stage") is not None:
         lines.append(f"The backbone was cut after stage {result.details['cut_stage']} (best on validation).")
     if result.stopped_by_budget:
@@ -861,6 +977,13 @@ def _results_text(result) -> str:
     if result.skipped:
         lines.append(f"{len(result.skipped)} file(s) were skipped (listed under the dataset summary).")
     return "\n\n".join(lines)
+
+
+def _ablation_text(ablation: dict[str, float]) -> str:
+    """Image+text models: validation accuracy from each input alone and from both."""
+    return ("**Image and text** (validation accuracy; the model answers from either alone too):\n\n"
+            "| image only | text only | image and text |\n|---|---|---|\n"
+            f"| {ablation['image_only']:.1%} | {ablation['text_only']:.1%} | {ablation['image_and_text']:.1%} |")
 
 
 def _per_class_frame(metrics: dict) -> pd.DataFrame:
@@ -908,6 +1031,66 @@ def after_training(trained: str | None, query: str):
 
     return (table, pick(), pick(), card, text_box, gr.update(choices=image_backbones()),
             gr.update(interactive=True), gr.update(interactive=False), gr.update(visible=False), None)
+
+
+# --- Compare tab -------------------------------------------------------------------------------------
+
+COMPARE_COLUMNS = ["strategy", "accuracy", "macro-F1", "seconds", "trainable parameters", "model", "note"]
+
+
+@friendly_errors
+def compare_strategies(zip_path: str | None, backbone: str, budget_seconds, image_size, name: str,
+                       profile: gr.OAuthProfile | None, progress=gr.Progress()):
+    """All four strategies on the uploaded zip, one split, one time budget (`transfer.compare`).
+
+    Returns (summary, table, chart PNG path, the best model's name). Each run is a model in the zoo."""
+    from transfer.compare import compare
+
+    config = app_config()
+    backbone = (backbone or "").strip() or DEFAULT_BACKBONE
+    if not (backbone in BUNDLED or backbone.startswith("zoo:")):
+        require_owner(f"compare from '{backbone}' (visitors: {', '.join(BUNDLED)} or zoo:NAME)", profile, config)
+    budget = config.time_budget(_budget(budget_seconds))
+    size = _whole(image_size, "Image size", 16, 1024)
+    name = (name or "").strip() or None
+    if name is not None:
+        validate_name(name)
+    dataset = open_upload(zip_path, config)
+
+    def report(event: Progress) -> None:
+        if event.stage == "compare":
+            progress((event.done, max(event.total, 1)), desc=f"Comparing: {event.message}", unit="runs")
+        else:
+            progress((event.done, max(event.total, 1)), desc=_stage_label(event.stage), unit=_stage_unit(event.stage))
+
+    comparison = compare(dataset, backbone=backbone, budget_seconds=budget, image_size=size, name=name,
+                         progress=report)
+    best = comparison.best
+    rows = []
+    for row in comparison.rows:
+        notes = [note for note, applies in (("auto's choice", row.strategy == comparison.advised),
+                                            ("best", best is not None and row is best),
+                                            ("stopped by budget", row.stopped_by_budget)) if applies]
+        rows.append({"strategy": row.strategy, "accuracy": None if row.accuracy is None else round(row.accuracy, 4),
+                     "macro-F1": None if row.macro_f1 is None else round(row.macro_f1, 4),
+                     "seconds": round(row.seconds, 1), "trainable parameters": row.trainable_parameters,
+                     "model": row.name or "", "note": f"failed: {row.error}" if row.error else ", ".join(notes)})
+    split = "test" if comparison.num_test else "validation"
+    summary = (f"**{comparison.id}**: {comparison.dataset}, the same split for every run ({comparison.num_train} "
+               f"train / {comparison.num_val} val / {comparison.num_test} test images; {split} metrics), "
+               f"{comparison.seconds:.0f} s in all"
+               + (f" within a {_duration(budget)} budget." if budget else ", no time budget.")
+               + (f" Auto would choose **{comparison.advised}**." if comparison.advised else "")
+               + (f" Best here: **{best.strategy}** ({best.accuracy:.1%})." if best else "")
+               + " Each run is a model in the zoo.")
+    return (summary, pd.DataFrame(rows, columns=COMPARE_COLUMNS),
+            str(comparison.chart) if comparison.chart else None, best.name if best else None)
+
+
+@friendly_errors
+def after_compare(best: str | None, query: str):
+    """The zoo lists the comparison's models everywhere; the best one is selected."""
+    return after_training(best, query)[:6]
 
 
 def training_started():
@@ -972,6 +1155,8 @@ def build_demo() -> gr.Blocks:
                 gr.LoginButton(scale=0, min_width=220)
         run_state = gr.State(None, delete_callback=stop_run)
         facts_state = gr.State(None)
+        advice_state = gr.State(None)  # the advice for the current upload and settings (advise_upload)
+        best_state = gr.State(None)  # the best model of the last comparison
         trained_state = gr.State(None)
 
         with gr.Tabs():
@@ -1055,9 +1240,8 @@ def build_demo() -> gr.Blocks:
                                                allow_custom_value=True,
                                                info="Bundled ImageNet weights (offline), a zoo model (zoo:NAME), "
                                                     "or any timm name (downloads; needs the internet)")
-                        strategy = gr.Radio(strategy_choices(), value="feature-extractor", label="Strategy",
-                                            elem_id="strategy")
-                        strategy_note = gr.Markdown(describe_strategy("feature-extractor"))
+                        strategy = gr.Radio(strategy_choices(), value=AUTO, label="Strategy", elem_id="strategy")
+                        strategy_note = gr.Markdown(describe_strategy(AUTO))
                         advice = gr.Markdown(visible=False, elem_id="advice")  # transfer.advise fills this
                         model_name = gr.Textbox(label="Model name", elem_id="model-name",
                                                 placeholder="empty: DATASET-STRATEGY-DATE")
@@ -1106,6 +1290,31 @@ def build_demo() -> gr.Blocks:
                             confusion = gr.Dataframe(label="Confusion matrix (rows: true class)", interactive=False,
                                                      max_height=360, visible=False, elem_id="confusion")
 
+            # --- Compare ---
+            with gr.Tab("Compare strategies", id="compare"):
+                gr.Markdown("Train all four strategies on the dataset uploaded in the **Fine-tune** tab (with its "
+                            "backbone), on the same split and within one time budget, to see which suits it. "
+                            "Every run is saved in the zoo as `NAME-STRATEGY`.")
+                with gr.Row():
+                    compare_budget = gr.Number(label="Time budget for all four (seconds)",
+                                               value=min(120, config.max_train_seconds or 120), minimum=0,
+                                               elem_id="compare-budget",
+                                               info="0: none" + (f" (this app allows at most "
+                                                                 f"{config.max_train_seconds:.0f} s)"
+                                                                 if config.max_train_seconds else ""))
+                    compare_size = gr.Number(label="Image size (px)", value=0, precision=0, minimum=0,
+                                             elem_id="compare-image-size", info="0: each strategy's default")
+                    compare_name = gr.Textbox(label="Comparison name", elem_id="compare-name",
+                                              placeholder="empty: DATASET-DATE-TIME")
+                compare_button = gr.Button("Compare strategies", variant="primary", elem_id="compare-button")
+                compare_progress = gr.Markdown(elem_id="compare-progress")  # gr.Progress bar
+                compare_summary = gr.Markdown(elem_id="compare-summary")
+                with gr.Row():
+                    compare_table = gr.Dataframe(value=pd.DataFrame(columns=COMPARE_COLUMNS), interactive=False,
+                                                 label="Strategies side by side", elem_id="compare-table", scale=3)
+                    compare_chart = gr.Image(label="Accuracy and macro-F1", type="filepath", interactive=False,
+                                             elem_id="compare-chart", scale=2)
+
         # --- wiring: Zoo ---
         zoo_pickers = [zoo_table, zoo_model, card]
         refresh_inputs = [zoo_query, zoo_model]
@@ -1141,6 +1350,8 @@ def build_demo() -> gr.Blocks:
                              **PREDICTING)
         image.change(predict_when_ready, [predict_model, image, top_k, text], label, api_name="predict_on_change",
                      **PREDICTING, **INTERNAL)
+        text.submit(predict_image, [predict_model, image, top_k, text], label, api_name="predict_on_submit",
+                    **PREDICTING, **INTERNAL)
         batch_button.click(predict_images, [predict_model, batch_files, top_k], batch_table,
                            api_name="predict_batch", **PREDICTING)
 
@@ -1149,9 +1360,15 @@ def build_demo() -> gr.Blocks:
                             api_name="inspect_dataset")
         example_button.click(use_example_dataset, None, dataset_file, api_name="example_dataset")
         strategy.change(describe_strategy, strategy, strategy_note, api_name="describe_strategy", **INTERNAL)
-        gr.on([facts_state.change, backbone.change, strategy.change, image_size.change, epochs.change],
-              estimate_text, [facts_state, backbone, strategy, image_size, epochs], estimate,
+        gr.on([facts_state.change, backbone.change, strategy.change, image_size.change, epochs.change,
+               advice_state.change],
+              estimate_text, [facts_state, backbone, strategy, image_size, epochs, advice_state], estimate,
               api_name="estimate", **INTERNAL)
+        # auto's advice: after each new upload and whenever a setting it depends on is settled
+        gr.on([facts_state.change, backbone.change, image_size.blur, image_size.submit, epochs.blur, epochs.submit,
+               max_seconds.blur, max_seconds.submit],
+              advise_upload, [dataset_file, backbone, image_size, epochs, max_seconds], [advice, advice_state],
+              api_name="advise", trigger_mode="always_last", concurrency_id="advise", concurrency_limit=1)
         train_button.click(
             training_started, None, [train_button, cancel_button, progress_area, curves, run_state],
             api_name="lock_train", queue=False, **INTERNAL,
@@ -1167,6 +1384,16 @@ def build_demo() -> gr.Blocks:
             api_name="after_training", **INTERNAL,
         )
         cancel_button.click(cancel_training, run_state, status, api_name="cancel", queue=False)
+
+        # --- wiring: Compare ---
+        compare_button.click(
+            compare_strategies, [dataset_file, backbone, compare_budget, compare_size, compare_name],
+            [compare_summary, compare_table, compare_chart, best_state], api_name="compare",
+            show_progress_on=[compare_progress], **TRAINING,
+        ).success(
+            after_compare, [best_state, zoo_query], [zoo_table, predict_model, zoo_model, card, text, backbone],
+            api_name="after_compare", **INTERNAL,
+        )
     demo.queue(default_concurrency_limit=2)  # events without their own limit; see PREDICTING, TRAINING
     return demo
 

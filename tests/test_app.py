@@ -8,6 +8,8 @@ real bundled ImageNet backbone tells apart at 64 px, so a fit takes seconds.
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import shutil
 import socket
 import time
@@ -22,6 +24,8 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from conftest import run_python
+from test_text import xor_dir  # noqa: F401  (a fixture: the image+text task, reused)
+from zoo.store import remove_model
 from zoo.weights import BUNDLED
 
 COLOURS = {"red": (215, 35, 35), "green": (35, 170, 50), "blue": (40, 70, 215)}
@@ -462,3 +466,125 @@ def test_the_space_installs_what_the_project_declares():
     assert (front["sdk"], front["app_file"], front["hf_oauth"]) == ("gradio", "app.py", True)
     assert front["sdk_version"].split(".")[0] == "6"
 
+
+
+# --- auto's advice, image+text, and the comparison -------------------------------------------------------
+
+
+def test_auto_is_the_default_and_its_advice_shows_before_training(client):
+    import app
+
+    assert app.strategy_choices()[0] == "auto"
+    example = client.predict(api_name="/example_dataset")
+    started = time.monotonic()
+    advice = value(client.predict(handle_file(example), "tf_efficientnet_lite0", 64, 0, 0, api_name="/advise"))
+    print(f"advice on the example dataset: {time.monotonic() - started:.1f} s")
+    started = time.monotonic()
+    chosen = re.search(r"\*\*Auto's advice: ([a-z-]+)\*\*", advice)
+    assert chosen and chosen.group(1) in ("feature-extractor", "shallow", "fine-tune", "from-scratch"), advice
+    assert "160 training images in 10 classes" in advice  # the size reason
+    assert "feature shift" in advice and "quick-test accuracy" in advice and "estimated fit:" in advice
+    # a budget too short for the preferred strategy is respected, and said
+    tight = value(client.predict(handle_file(example), "tf_efficientnet_lite0", 64, 0, 1, api_name="/advise"))
+    print(f"advice again (cached features): {time.monotonic() - started:.1f} s")
+    assert "time budget 1 s" in tight, tight
+    assert re.search(r"Auto's advice: (feature-extractor|shallow)\*\*", tight), tight  # nothing slow in 1 s
+    assert value(client.predict(None, "tf_efficientnet_lite0", 0, 0, 0, api_name="/advise")) == ""
+    with pytest.raises(AppError, match="Upload a .zip"):
+        train(client, None, strategy="auto").result()
+
+
+def test_auto_fit_says_which_strategy_it_used(trained, client, colours_zip, app_zoo):
+    *_, final = list(train(client, colours_zip, strategy="auto", name="colours-auto"))
+    status, _, _, results = map(value, final[:4])
+    assert "Saved as `colours-auto`" in status
+    used = re.search(r"Strategy \*\*auto\*\* chose \*\*([a-z-]+)\*\*", results)
+    assert used, results
+    assert json.loads((app_zoo / "colours-auto" / "transfer.json").read_text())["strategy"] == used.group(1)
+    remove_model("colours-auto", zoo=app_zoo)
+
+
+@pytest.fixture(scope="module")
+def parcels_zip(xor_dir, tmp_path_factory) -> Path:
+    """test_text's image+text task as a zip, plus one metadata row naming a file that is not there."""
+    path = tmp_path_factory.mktemp("upload") / "parcels.zip"
+    rows = (xor_dir / "metadata.jsonl").read_text().splitlines()
+    rows.append(json.dumps({"file_name": "red/9999.png", "text": "this file does not exist"}))
+    with zipfile.ZipFile(path, "w") as archive:
+        for image in sorted(xor_dir.glob("*/*.png")):
+            archive.write(image, f"parcels/{image.relative_to(xor_dir).as_posix()}")
+        archive.writestr("parcels/metadata.jsonl", "\n".join(rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def parcels_model(trained, client, parcels_zip, app_zoo):
+    """One image+text fit through the app; (final outputs). Removed from the zoo at the end."""
+    final = train(client, parcels_zip, name="parcels-app", image_size=32).result()
+    yield final
+    remove_model("parcels-app", zoo=app_zoo)
+
+
+def test_image_text_upload_reports_its_texts_and_the_fit_its_ablation(client, parcels_zip, parcels_model):
+    summary, *_ = client.predict(handle_file(str(parcels_zip)), api_name="/inspect_dataset")
+    assert "**Text:** 360 of 360 images have a sentence" in summary
+    assert "1 metadata row(s) reported as problems" in summary and "do not exist" in summary
+    status, _, _, results = map(value, parcels_model[:4])
+    assert "Saved as `parcels-app`" in status
+    cells = re.search(r"\| image only \| text only \| image and text \|\n\|---\|---\|---\|\n"
+                      r"\| ([\d.]+)% \| ([\d.]+)% \| ([\d.]+)% \|", results)
+    assert cells, results
+    image_only, text_only, both = (float(cell) for cell in cells.groups())
+    assert both >= max(image_only, text_only) + 25  # the XOR task: neither input alone can do it
+    card = client.predict("parcels-app", api_name="/model_card")
+    assert "## Image and text" in card and "**minilm** text encoder" in card
+    in_card = re.search(r"\| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", card.split("## Image and text")[1])
+    assert [float(cell) * 100 for cell in in_card.groups()] == pytest.approx([image_only, text_only, both], abs=0.051)
+
+
+def test_predict_passes_the_text_and_answers_from_either_input(client, parcels_model, xor_dir):
+    import app
+
+    assert app.model_inputs("parcels-app")["visible"] is True
+    image = handle_file(str(next(xor_dir.glob("red/*.png"))))
+    by_air = client.predict("parcels-app", image, 2, "flown in on a plane", api_name="/predict")
+    by_sea = client.predict("parcels-app", image, 2, "delivered by ferry", api_name="/predict")
+    assert by_air["label"] != by_sea["label"]  # the same digit: the sentence decides the colour
+    # one of the two is the true class of a 0 or 1 digit with that transport (blue: 0+sea or 1+air)
+    text_only = client.predict("parcels-app", None, 2, "sent by airmail", api_name="/predict")
+    image_only = client.predict("parcels-app", image, 2, "", api_name="/predict")
+    for answer in (text_only, image_only):
+        assert {c["label"] for c in answer["confidences"]} == {"red", "blue"}
+        assert sum(c["confidence"] for c in answer["confidences"]) == pytest.approx(1.0, abs=1e-3)
+    with pytest.raises(AppError, match="or type the text beside it"):
+        client.predict("parcels-app", None, 2, "  ", api_name="/predict")
+    with pytest.raises(AppError, match="takes images only"):
+        client.predict("colours-fe", image, 2, "a sentence", api_name="/predict")
+
+
+def test_compare_runs_all_four_strategies_into_the_zoo(trained, client, colours_zip, app_zoo):
+    started = time.monotonic()
+    summary, table, chart = client.predict(handle_file(str(colours_zip)), "tf_efficientnet_lite0", 20, 64,
+                                           "cmp", api_name="/compare")
+    seconds = time.monotonic() - started
+    rows = table_rows(table)
+    assert table["headers"] == ["strategy", "accuracy", "macro-F1", "seconds", "trainable parameters", "model",
+                                "note"]
+    assert [row["strategy"] for row in rows] == ["feature-extractor", "shallow", "fine-tune", "from-scratch"]
+    assert all(0 <= row["accuracy"] <= 1 and 0 <= row["macro-F1"] <= 1 and row["trainable parameters"] > 0
+               for row in rows), rows
+    assert sum("auto's choice" in row["note"] for row in rows) == 1
+    assert sum("best" in row["note"].split(", ") for row in rows) == 1
+    assert "**cmp**" in summary and "30 train / 6 val / 0 test" in summary and "20 s budget" in summary
+    assert Path(chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    listed, *_ = client.predict("cmp", None, api_name="/search_zoo")
+    assert sorted(row["name"] for row in table_rows(listed)) == sorted(row["model"] for row in rows)
+    with pytest.raises(AppError, match="already exists"):
+        client.predict(handle_file(str(colours_zip)), "tf_efficientnet_lite0", 20, 64, "cmp", api_name="/compare")
+    with pytest.raises(AppError, match="Upload a .zip"):
+        client.predict(None, "tf_efficientnet_lite0", 20, 64, "", api_name="/compare")
+    with pytest.raises(AppError, match="less than minimum value 0"):  # gradio checks the number itself
+        client.predict(handle_file(str(colours_zip)), "tf_efficientnet_lite0", -5, 64, "", api_name="/compare")
+    for row in rows:
+        remove_model(row["model"], zoo=app_zoo)
+    print(f"comparison through the API: {seconds:.1f} s")
