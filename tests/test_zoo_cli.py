@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ASSETS, run_cli
+from test_text import xor_dir  # noqa: F401  (a fixture: test_text's image+text task, reused)
 from transfer.fit import fit
 from zoo.predict import predict
 from zoo.store import list_entries
@@ -94,3 +95,24 @@ def test_bad_input_is_one_line_and_exit_2(args, message, cli_zoo):
     assert "Traceback" not in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr
     assert message in done.stderr
     assert (cli_zoo / "cli-digits" / "model.safetensors").is_file()  # nothing was harmed
+
+
+def test_predict_reads_the_text_of_an_image_text_model(xor_dir, zoo_path, cli_zoo, tmp_path):
+    """`--text` reaches the model: the same picture with another sentence gets the other class."""
+    zoo = tmp_path / "zoo"
+    result = fit(xor_dir, strategy="feature-extractor", image_size=32, zoo=zoo_path, name="cli-parcels",
+                 text_encoder="hashing")  # the hashing encoder: no sentence model to load in the subprocess
+    shutil.copytree(result.path, zoo / "cli-parcels")
+    image = str(next(xor_dir.glob("red/*.png")))
+    texts = ["flown in on a plane", "delivered by ferry"]  # the same picture twice, one text each
+    done = zoo_cli(zoo, "predict", "cli-parcels", image, image, "--text", texts[0], "--text", texts[1],
+                   "--top-k", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.strip().splitlines()]
+    expected = predict("cli-parcels", [image, image], texts=texts, top_k=2, zoo=zoo)
+    for line, want in zip(lines, expected):
+        assert [p["label"] for p in line["predictions"]] == [p["label"] for p in want]
+        assert [p["score"] for p in line["predictions"]] == pytest.approx([p["score"] for p in want], abs=1e-5)
+    assert lines[0]["predictions"][0]["label"] != lines[1]["predictions"][0]["label"], lines
+    refused = zoo_cli(cli_zoo, "predict", "cli-digits", IMAGES[0], "--text", "hello")  # an image-only model
+    assert refused.returncode == 2 and "takes images only" in refused.stderr and "Traceback" not in refused.stderr
