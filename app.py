@@ -169,7 +169,7 @@ def _as_gradio_errors(action: str) -> Iterator[None]:
     except gr.Error:
         raise
     except (DataError, ZooError) as error:
-        raise gr.Error(str(error)) from None
+        raise gr.Error(str(error), print_exception=False) from None  # a user error, not a server fault
     except Exception as error:  # the UI boundary: a short message for the user, the traceback for the log
         log.exception("%s failed", action)
         raise gr.Error(f"Something went wrong ({type(error).__name__}: {error}). "
@@ -1087,6 +1087,13 @@ def compare_strategies(zip_path: str | None, backbone: str, budget_seconds, imag
             str(comparison.chart) if comparison.chart else None, best.name if best else None)
 
 
+def compare_dataset_text(facts: dict | None) -> str:
+    if not facts:
+        return "No dataset yet: upload one (or try the example) in the Fine-tune tab."
+    return (f"Dataset: **{facts['name']}**, {len(facts['classes'])} classes, {facts['num_train']} training / "
+            f"{facts['num_eval']} evaluation images (from the Fine-tune tab).")
+
+
 @friendly_errors
 def after_compare(best: str | None, query: str):
     """The zoo lists the comparison's models everywhere; the best one is selected."""
@@ -1306,6 +1313,8 @@ def build_demo() -> gr.Blocks:
                                              elem_id="compare-image-size", info="0: each strategy's default")
                     compare_name = gr.Textbox(label="Comparison name", elem_id="compare-name",
                                               placeholder="empty: DATASET-DATE-TIME")
+                compare_dataset = gr.Markdown("No dataset yet: upload one (or try the example) in the Fine-tune tab.",
+                                              elem_id="compare-dataset")
                 compare_button = gr.Button("Compare strategies", variant="primary", elem_id="compare-button")
                 compare_progress = gr.Markdown(elem_id="compare-progress")  # gr.Progress bar
                 compare_summary = gr.Markdown(elem_id="compare-summary")
@@ -1386,6 +1395,8 @@ def build_demo() -> gr.Blocks:
         cancel_button.click(cancel_training, run_state, status, api_name="cancel", queue=False)
 
         # --- wiring: Compare ---
+        facts_state.change(compare_dataset_text, facts_state, compare_dataset, api_name="compare_dataset",
+                           **INTERNAL)
         compare_button.click(
             compare_strategies, [dataset_file, backbone, compare_budget, compare_size, compare_name],
             [compare_summary, compare_table, compare_chart, best_state], api_name="compare",

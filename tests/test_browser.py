@@ -98,7 +98,10 @@ def test_upload_train_find_in_zoo_and_predict(page, tmp_path):
     # Fine-tune: upload the zip; the summary, class counts and thumbnails appear before any training
     upload_and_set(page, upload, image_size=64)
     expect(page.locator("#thumbnails img")).to_have_count(12)
-    expect(page.locator("#estimate")).to_contain_text("Estimated time")
+    # the strategy is auto: its advice (choice, reasons, numbers) and its estimate show before training
+    expect(page.locator("#advice")).to_contain_text("Auto's advice", timeout=120_000)
+    expect(page.locator("#advice")).to_contain_text("30 training images in 3 classes")
+    expect(page.locator("#estimate")).to_contain_text("Estimated time (auto's choice")
     page.locator("#model-name").get_by_role("textbox").fill("browser-colours")
     shoot(page, "2-dataset")
 
@@ -109,6 +112,7 @@ def test_upload_train_find_in_zoo_and_predict(page, tmp_path):
     expect(page.locator("#train-status")).to_contain_text("Saved as browser-colours", timeout=TRAINING_TIMEOUT_MS)
     seconds = time.monotonic() - started
     expect(page.locator("#results")).to_contain_text("accuracy")
+    expect(page.locator("#results")).to_contain_text("Strategy auto chose")
     expect(page.locator("#confusion")).to_contain_text("red")
     expect(page.locator("#train-button")).to_be_enabled()
     expect(page.locator("#cancel-button")).to_be_disabled()
@@ -169,3 +173,21 @@ def test_cancel_and_closing_the_page_stop_a_fit_and_save_nothing(page, browser, 
         assert time.monotonic() < deadline, "the fit of a closed page is still running"
         time.sleep(0.5)
     assert sorted(path.name for path in zoo.iterdir()) == before
+
+
+def test_example_dataset_gets_advice_and_the_compare_tab_is_there(page):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Fine-tune").click()
+    page.get_by_text("More settings").click()
+    page.locator("#image-size input").fill("64")  # a quicker frozen pass than the backbone's own 224 px
+    page.locator("#example-dataset").click()
+    expect(page.locator("#dataset-summary")).to_contain_text("10 classes, 160 training / 40 validation images")
+    expect(page.locator("#advice")).to_contain_text("Auto's advice", timeout=120_000)
+    expect(page.locator("#advice")).to_contain_text("feature shift")
+    shoot(page, "8-advice")
+    page.get_by_role("tab", name="Compare strategies").click()
+    expect(page.locator("#compare-dataset")).to_contain_text("Dataset: digits, 10 classes")
+    expect(page.locator("#compare-button")).to_be_visible()
+    expect(page.locator("#compare-table")).to_contain_text("trainable parameters")
+    shoot(page, "9-compare-tab")
