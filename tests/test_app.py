@@ -471,7 +471,7 @@ def test_the_space_installs_what_the_project_declares():
 # --- auto's advice, image+text, and the comparison -------------------------------------------------------
 
 
-def test_auto_is_the_default_and_its_advice_shows_before_training(client):
+def test_auto_is_the_default_and_its_advice_shows_before_training(client, monkeypatch):
     import app
 
     assert app.strategy_choices()[0] == "auto"
@@ -489,6 +489,9 @@ def test_auto_is_the_default_and_its_advice_shows_before_training(client):
     print(f"advice again (cached features): {time.monotonic() - started:.1f} s")
     assert "time budget 1 s" in tight, tight
     assert re.search(r"Auto's advice: (feature-extractor|shallow)\*\*", tight), tight  # nothing slow in 1 s
+    monkeypatch.setenv("APP_MAX_TRAIN_SECONDS", "2")  # the deployment's cap applies to the advice too
+    capped = value(client.predict(handle_file(example), "tf_efficientnet_lite0", 64, 0, 0, api_name="/advise"))
+    assert "time budget 2 s" in capped, capped
     assert value(client.predict(None, "tf_efficientnet_lite0", 0, 0, 0, api_name="/advise")) == ""
     with pytest.raises(AppError, match="Upload a .zip"):
         train(client, None, strategy="auto").result()
