@@ -88,7 +88,9 @@ def test_saved_models_reload_in_a_fresh_process_with_the_same_probabilities(froz
     for result in results.values():
         spec = ModelSpec.from_dict(json.loads((result.path / "transfer.json").read_text())["spec"])
         before = probabilities(LoadedModel(result.name, result.model.eval(), spec, None), images)
-        assert torch.allclose(before, torch.tensor(reloaded[result.name]), atol=1e-5), result.strategy
+        # the reloaded model has BatchNorm folded into its convolutions (zoo.predict): the same
+        # function, rounded differently in the last bits
+        assert torch.allclose(before, torch.tensor(reloaded[result.name]), atol=1e-4), result.strategy
 
 
 def test_cached_feature_metrics_match_the_saved_model(frozen, digits_dir, zoo_path):

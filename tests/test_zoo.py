@@ -102,7 +102,8 @@ def test_saved_model_lists_with_correct_metadata_and_reloads_identically(digits_
     after = probabilities(_loaded(model, entry), DIGIT_IMAGES)
     assert torch.allclose(before, after, atol=1e-5)  # same weights; kernels may differ in the last bits
     top = predict("zoo-digits", DIGIT_IMAGES, top_k=3, zoo=zoo_path)
-    assert [row[0]["score"] for row in top] == pytest.approx(before.max(1).values.tolist(), abs=1e-6)
+    # predict folds BatchNorm into the convolutions: the same function, rounded differently
+    assert [row[0]["score"] for row in top] == pytest.approx(before.max(1).values.tolist(), abs=1e-5)
     assert all(len(row) == 3 and row[0]["score"] >= row[1]["score"] >= row[2]["score"] for row in top)
     # one image (not a list) is one prediction; any mode or size is accepted
     [single] = predict("zoo-digits", ASSETS / "photos" / "cat.jpg", top_k=2, zoo=zoo_path)

@@ -1,8 +1,8 @@
 """How a model is MADE: data in, one of four transfer strategies, a model saved in the zoo.
 
     from transfer import fit
-    result = fit("path/to/images", strategy="feature-extractor")
-    print(result.metrics["accuracy"], result.path)
+    result = fit("path/to/images")  # strategy="auto": chosen from the data, see result.advice
+    print(result.strategy, result.metrics["accuracy"], result.path)
 
 Importing this package is cheap (no torch); `fit` loads the rest on first use.
 """

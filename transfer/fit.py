@@ -40,7 +40,7 @@ from transfer.train import (
     train_network,
 )
 from zoo import ZooError
-from zoo.model import ImageTextClassifier, ModelSpec, count_parameters, text_settings
+from zoo.model import ImageTextClassifier, ModelSpec, count_parameters, fused_for_inference, text_settings
 from zoo.text import DEFAULT_ENCODER as DEFAULT_TEXT_ENCODER
 from zoo.store import save_model, validate_name
 from zoo.weights import DEFAULT_BACKBONE, Weights, create_backbone, package_version, random_weights, resolve_weights
@@ -86,7 +86,7 @@ def fit(
     data: str | Path | Dataset,
     *,
     backbone: str = DEFAULT_BACKBONE,
-    strategy: str = "feature-extractor",
+    strategy: str = "auto",
     name: str | None = None,
     zoo: str | Path | None = None,
     epochs: int | None = None,
@@ -103,8 +103,9 @@ def fit(
 ) -> FitResult:
     """Fine-tune `backbone` on `data` under `strategy` and save the model in the zoo.
 
-    strategy: one of `transfer.strategies.STRATEGIES`, or "auto": measure the data and choose
-        (`transfer.advise`, within max_seconds); the advice is saved in transfer.json.
+    strategy: "auto" (the default, as in the CLI and the app): measure the data and choose
+        (`transfer.advise`, within max_seconds), the advice saved in transfer.json; or one of
+        `transfer.strategies.STRATEGIES` by name.
     epochs: passes over the images for trainable strategies (default: the strategy's); for frozen
         ones, the most epochs the head may train on cached features.
     max_seconds: time budget for the whole fit; training stops early (keeping its best epoch) to
@@ -363,6 +364,8 @@ def _feature_pass(dataset, samples, model, spec, batch_size, run: Run, decoded=N
             run.check()
 
     parts, failed = [], {}
+    example = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    model = fused_for_inference(model.eval(), example)  # BatchNorm folded into the convs: ~25% less CPU
     for start in range(0, len(samples), FEATURE_CHUNK):
         chunk = samples[start:start + FEATURE_CHUNK]
         if decoded:
@@ -464,7 +467,7 @@ def _weights_for(plan: Strategy, backbone: str, zoo) -> Weights:
     if plan.pretrained:
         return resolve_weights(backbone, zoo=zoo)
     # from scratch: only the architecture matters; nothing is downloaded
-    if backbone.startswith("zoo:") or "@" in backbone or backbone.endswith(".safetensors"):
+    if backbone.startswith(("zoo:", "hf-hub:")) or "@" in backbone or backbone.endswith(".safetensors"):
         return random_weights(resolve_weights(backbone, zoo=zoo).architecture)
     return random_weights(backbone)
 

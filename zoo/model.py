@@ -190,3 +190,55 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
+
+
+# --- inference speed ------------------------------------------------------------------------------------
+
+
+def fused_for_inference(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
+    """A copy of `model` for inference only, with each BatchNorm folded into the convolution before it.
+
+    An eval-mode BatchNorm is a per-channel affine map, so it folds exactly into the preceding
+    convolution's weights and bias; on a CPU that removes about a fifth of an EfficientNet's
+    forward time. timm blocks declare each norm right after the convolution it follows (conv_pw,
+    bn1, conv_dw, bn2, ...); the pairing is found from that order and the copy is then checked
+    against the original on `example`: if any output differs (an architecture built otherwise),
+    the unfused model is returned unchanged, as is a model with hooks (they may watch the norms
+    that folding removes, as `transfer.advise` does). The original is never modified.
+    """
+    import copy
+
+    from timm.layers import BatchNormAct2d
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    if any(module._forward_hooks or module._forward_pre_hooks for module in model.modules()):
+        return model
+    fused = copy.deepcopy(model).eval()
+    folded = 0
+    for parent in list(fused.modules()):
+        previous_conv = None
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Conv2d):
+                previous_conv = child
+                continue
+            if isinstance(child, torch.nn.Identity):
+                continue  # e.g. an anti-aliasing slot left empty between a conv and its norm
+            if (type(child) in (torch.nn.BatchNorm2d, BatchNormAct2d) and previous_conv is not None
+                    and previous_conv.out_channels == child.num_features and child.track_running_stats):
+                weight, bias = fuse_conv_bn_weights(previous_conv.weight, previous_conv.bias, child.running_mean,
+                                                    child.running_var, child.eps, child.weight, child.bias)
+                previous_conv.weight, previous_conv.bias = weight, bias
+                after = (torch.nn.Sequential(child.drop, child.act) if isinstance(child, BatchNormAct2d)
+                         else torch.nn.Identity())
+                setattr(parent, child_name, after)
+                folded += 1
+            previous_conv = None
+    if not folded:
+        return model
+    with torch.inference_mode():
+        expected, got = model.eval()(example), fused(example)
+    expected = expected if isinstance(expected, (tuple, list)) else [expected]
+    got = got if isinstance(got, (tuple, list)) else [got]
+    if all(torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(a.abs().max()) + 1e-5) for a, b in zip(expected, got)):
+        return fused
+    return model
