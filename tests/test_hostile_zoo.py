@@ -201,6 +201,4 @@ def test_app_predict_of_a_model_another_user_deletes_meanwhile_is_a_clear_error(
         with pytest.raises(AppError, match="No model named 'm'"):
             user.predict("m", handle_file(IMAGES[0]), 2, "", api_name="/predict")
     log = capfd.readouterr().err  # the server's log (it runs in this process)
-    if "Traceback" in log:  # gradio prints one for every gr.Error unless it is raised with print_exception=False
-        pytest.xfail("a user's error leaves a traceback in the server log: app.py's _as_gradio_errors should "
-                     "raise gr.Error(str(error), print_exception=False) for DataError / ZooError")
+    assert "Traceback" not in log  # a user's error is not a server fault: no traceback in the log
