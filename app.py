@@ -771,15 +771,18 @@ class TrainingRun:
     def __deepcopy__(self, memo: dict) -> "TrainingRun":
         return self  # a handle on a live run: gr.State must share it, not copy it
 
-    def start(self, **fit_arguments: Any) -> None:
-        self.thread = threading.Thread(target=self._work, kwargs=fit_arguments, name="fit", daemon=True)
+    def start(self, work: Callable | None = None, **arguments: Any) -> None:
+        """Run `work` (default `transfer.fit.fit`; `transfer.compare.compare` takes the same progress
+        and should_stop) with `arguments` in the run's thread."""
+        if work is None:
+            from transfer.fit import fit as work
+        self.thread = threading.Thread(target=self._work, args=(work,), kwargs=arguments,
+                                       name="fit" if work.__name__ == "fit" else work.__name__, daemon=True)
         self.thread.start()
 
-    def _work(self, **fit_arguments: Any) -> None:
-        from transfer.fit import fit
-
+    def _work(self, work: Callable, **arguments: Any) -> None:
         try:
-            self.result = fit(**fit_arguments, progress=self.events.put, should_stop=self.stop.is_set)
+            self.result = work(**arguments, progress=self.events.put, should_stop=self.stop.is_set)
         except Exception as error:  # handed to the UI thread, which reports it
             self.error = error
 
@@ -954,6 +957,16 @@ def cancel_training(run: TrainingRun | None) -> str:
     return "**Stopping…** (within a batch or two; nothing will be saved)"
 
 
+@friendly_errors
+def cancel_compare(run: TrainingRun | None) -> str:
+    if not isinstance(run, TrainingRun) or run.stop.is_set() or (run.thread is not None and not run.running):
+        return "No comparison is running right now."
+    run.stop.set()
+    if run.thread is None:
+        return "**Cancelled** before it started. Nothing was saved."
+    return "**Stopping…** (the runs that finished stay in the zoo)"
+
+
 def _results_text(result) -> str:
     metrics = result.metrics
     where = ("held-out test images" if result.metrics_split == "test"
@@ -1040,10 +1053,11 @@ COMPARE_COLUMNS = ["strategy", "accuracy", "macro-F1", "seconds", "trainable par
 
 @friendly_errors
 def compare_strategies(zip_path: str | None, backbone: str, budget_seconds, image_size, name: str,
-                       profile: gr.OAuthProfile | None, progress=gr.Progress()):
-    """All four strategies on the uploaded zip, one split, one time budget (`transfer.compare`).
+                       run: TrainingRun | None, profile: gr.OAuthProfile | None, progress=gr.Progress()):
+    """All four strategies on the uploaded zip, one split, one time budget (`transfer.compare`), in a
+    `TrainingRun` thread so Cancel (and closing the page) stops it; the runs that finished stay.
 
-    Returns (summary, table, chart PNG path, the best model's name). Each run is a model in the zoo."""
+    Yields (status, summary, table, chart PNG path, run, the best model's name)."""
     from transfer.compare import compare
 
     config = app_config()
@@ -1056,15 +1070,49 @@ def compare_strategies(zip_path: str | None, backbone: str, budget_seconds, imag
     if name is not None:
         validate_name(name)
     dataset = open_upload(zip_path, config)
+    if not isinstance(run, TrainingRun) or run.thread is not None:
+        run = TrainingRun()
+    elif run.stop.is_set():  # cancelled while waiting in the queue
+        yield "**Cancelled** before it started. Nothing was saved.", "", gr.skip(), gr.skip(), None, None
+        return
+    started = time.monotonic()
+    run.start(compare, data=dataset, backbone=backbone, budget_seconds=budget, image_size=size, name=name)
+    progress(0, desc="Measuring the data (auto's advice)")
+    yield "**Starting…**", "", gr.skip(), gr.skip(), run, None
+    current, shown = "auto's advice", time.monotonic()
+    try:
+        while run.running or not run.events.empty():
+            reports = run.reports(wait=0.25)
+            for event in reports:
+                if event.stage == "compare" and event.done < event.total:
+                    current = event.message
+            if reports:
+                last = reports[-1]
+                if last.stage == "compare":
+                    progress((last.done, max(last.total, 1)), desc=f"Comparing: {last.message}", unit="runs")
+                else:
+                    progress((last.done, max(last.total, 1)), desc=f"{current}: {_stage_label(last.stage)}",
+                             unit=_stage_unit(last.stage))
+            if time.monotonic() - shown > 1.0:
+                yield (f"**Running {current}** · {time.monotonic() - started:.0f} s elapsed", *[gr.skip()] * 5)
+                shown = time.monotonic()
+        run.thread.join()
+    finally:
+        if run.running:  # the page went away: stop; the runs that finished stay in the zoo
+            run.stop.set()
+    if isinstance(run.error, Cancelled):
+        yield ("**Cancelled.** The runs that had finished are in the zoo; nothing of the one that was running "
+               "was saved.", "", gr.skip(), gr.skip(), None, None)
+        return
+    if run.error is not None:
+        raise run.error
+    comparison = run.result
+    yield ("**Done.**", _comparison_summary(comparison), _comparison_frame(comparison),
+           str(comparison.chart) if comparison.chart else None, None,
+           comparison.best.name if comparison.best else None)
 
-    def report(event: Progress) -> None:
-        if event.stage == "compare":
-            progress((event.done, max(event.total, 1)), desc=f"Comparing: {event.message}", unit="runs")
-        else:
-            progress((event.done, max(event.total, 1)), desc=_stage_label(event.stage), unit=_stage_unit(event.stage))
 
-    comparison = compare(dataset, backbone=backbone, budget_seconds=budget, image_size=size, name=name,
-                         progress=report)
+def _comparison_frame(comparison) -> pd.DataFrame:
     best = comparison.best
     rows = []
     for row in comparison.rows:
@@ -1075,16 +1123,19 @@ def compare_strategies(zip_path: str | None, backbone: str, budget_seconds, imag
                      "macro-F1": None if row.macro_f1 is None else round(row.macro_f1, 4),
                      "seconds": round(row.seconds, 1), "trainable parameters": row.trainable_parameters,
                      "model": row.name or "", "note": f"failed: {row.error}" if row.error else ", ".join(notes)})
+    return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+
+
+def _comparison_summary(comparison) -> str:
+    best, budget = comparison.best, comparison.budget_seconds
     split = "test" if comparison.num_test else "validation"
-    summary = (f"**{comparison.id}**: {comparison.dataset}, the same split for every run ({comparison.num_train} "
-               f"train / {comparison.num_val} val / {comparison.num_test} test images; {split} metrics), "
-               f"{comparison.seconds:.0f} s in all"
-               + (f" within a {_duration(budget)} budget." if budget else ", no time budget.")
-               + (f" Auto would choose **{comparison.advised}**." if comparison.advised else "")
-               + (f" Best here: **{best.strategy}** ({best.accuracy:.1%})." if best else "")
-               + " Each run is a model in the zoo.")
-    return (summary, pd.DataFrame(rows, columns=COMPARE_COLUMNS),
-            str(comparison.chart) if comparison.chart else None, best.name if best else None)
+    return (f"**{comparison.id}**: {comparison.dataset}, the same split for every run ({comparison.num_train} "
+            f"train / {comparison.num_val} val / {comparison.num_test} test images; {split} metrics), "
+            f"{comparison.seconds:.0f} s in all"
+            + (f" within a {_duration(budget)} budget." if budget else ", no time budget.")
+            + (f" Auto would choose **{comparison.advised}**." if comparison.advised else "")
+            + (f" Best here: **{best.strategy}** ({best.accuracy:.1%})." if best else "")
+            + " Each run is a model in the zoo.")
 
 
 def compare_dataset_text(facts: dict | None) -> str:
@@ -1096,8 +1147,14 @@ def compare_dataset_text(facts: dict | None) -> str:
 
 @friendly_errors
 def after_compare(best: str | None, query: str):
-    """The zoo lists the comparison's models everywhere; the best one is selected."""
-    return after_training(best, query)[:6]
+    """The zoo lists the comparison's models everywhere (the best one selected); buttons back."""
+    return (*after_training(best, query)[:6], gr.update(interactive=True), gr.update(interactive=False),
+            gr.update(visible=False), None)
+
+
+def compare_started():
+    """Compare greys out, its Cancel lights up, the run exists at once (see `training_started`)."""
+    return gr.update(interactive=False), gr.update(interactive=True), gr.update(visible=True), TrainingRun()
 
 
 def training_started():
@@ -1124,7 +1181,7 @@ def hide():
 CSS = """
 .gradio-container { max-width: 1280px !important; width: 100%; margin: auto; }
 #app-title h1 { margin-bottom: 0; }
-#train-progress { min-height: 64px; }
+#train-progress, #compare-progress { min-height: 64px; }
 """
 
 
@@ -1161,6 +1218,7 @@ def build_demo() -> gr.Blocks:
             if config.oauth_ready:
                 gr.LoginButton(scale=0, min_width=220)
         run_state = gr.State(None, delete_callback=stop_run)
+        compare_run_state = gr.State(None, delete_callback=stop_run)  # a comparison, apart from a fit
         facts_state = gr.State(None)
         advice_state = gr.State(None)  # the advice for the current upload and settings (advise_upload)
         best_state = gr.State(None)  # the best model of the last comparison
@@ -1315,14 +1373,18 @@ def build_demo() -> gr.Blocks:
                                               placeholder="empty: DATASET-DATE-TIME")
                 compare_dataset = gr.Markdown("No dataset yet: upload one (or try the example) in the Fine-tune tab.",
                                               elem_id="compare-dataset")
-                compare_button = gr.Button("Compare strategies", variant="primary", elem_id="compare-button")
-                compare_progress = gr.Markdown(elem_id="compare-progress")  # gr.Progress bar
-                compare_summary = gr.Markdown(elem_id="compare-summary")
                 with gr.Row():
-                    compare_table = gr.Dataframe(value=pd.DataFrame(columns=COMPARE_COLUMNS), interactive=False,
-                                                 label="Strategies side by side", elem_id="compare-table", scale=3)
-                    compare_chart = gr.Image(label="Accuracy and macro-F1", type="filepath", interactive=False,
-                                             elem_id="compare-chart", scale=2)
+                    compare_button = gr.Button("Compare strategies", variant="primary", elem_id="compare-button",
+                                               scale=3)
+                    compare_cancel = gr.Button("Cancel", variant="stop", interactive=False,
+                                               elem_id="compare-cancel", scale=1)
+                compare_progress = gr.Markdown(visible=False, elem_id="compare-progress")  # gr.Progress bar
+                compare_status = gr.Markdown(elem_id="compare-status")
+                compare_summary = gr.Markdown(elem_id="compare-summary")
+                compare_table = gr.Dataframe(value=pd.DataFrame(columns=COMPARE_COLUMNS), interactive=False,
+                                             label="Strategies side by side", elem_id="compare-table", wrap=True)
+                compare_chart = gr.Image(label="Accuracy and macro-F1", type="filepath", interactive=False,
+                                         elem_id="compare-chart", height=280)
 
         # --- wiring: Zoo ---
         zoo_pickers = [zoo_table, zoo_model, card]
@@ -1398,13 +1460,21 @@ def build_demo() -> gr.Blocks:
         facts_state.change(compare_dataset_text, facts_state, compare_dataset, api_name="compare_dataset",
                            **INTERNAL)
         compare_button.click(
-            compare_strategies, [dataset_file, backbone, compare_budget, compare_size, compare_name],
-            [compare_summary, compare_table, compare_chart, best_state], api_name="compare",
-            show_progress_on=[compare_progress], **TRAINING,
-        ).success(
-            after_compare, [best_state, zoo_query], [zoo_table, predict_model, zoo_model, card, text, backbone],
+            compare_started, None, [compare_button, compare_cancel, compare_progress, compare_run_state],
+            api_name="lock_compare", queue=False, **INTERNAL,
+        ).then(
+            compare_strategies,
+            [dataset_file, backbone, compare_budget, compare_size, compare_name, compare_run_state],
+            [compare_status, compare_summary, compare_table, compare_chart, compare_run_state, best_state],
+            api_name="compare", show_progress_on=[compare_progress], **TRAINING,
+        ).then(
+            after_compare, [best_state, zoo_query],
+            [zoo_table, predict_model, zoo_model, card, text, backbone, compare_button, compare_cancel,
+             compare_progress, compare_run_state],
             api_name="after_compare", **INTERNAL,
         )
+        compare_cancel.click(cancel_compare, compare_run_state, compare_status, api_name="cancel_compare",
+                             queue=False)
     demo.queue(default_concurrency_limit=2)  # events without their own limit; see PREDICTING, TRAINING
     return demo
 

@@ -567,9 +567,10 @@ def test_predict_passes_the_text_and_answers_from_either_input(client, parcels_m
 
 def test_compare_runs_all_four_strategies_into_the_zoo(trained, client, colours_zip, app_zoo):
     started = time.monotonic()
-    summary, table, chart = client.predict(handle_file(str(colours_zip)), "tf_efficientnet_lite0", 20, 64,
-                                           "cmp", api_name="/compare")
+    status, summary, table, chart = client.predict(handle_file(str(colours_zip)), "tf_efficientnet_lite0", 20, 64,
+                                                   "cmp", api_name="/compare")
     seconds = time.monotonic() - started
+    assert status == "**Done.**"
     rows = table_rows(table)
     assert table["headers"] == ["strategy", "accuracy", "macro-F1", "seconds", "trainable parameters", "model",
                                 "note"]
@@ -591,3 +592,21 @@ def test_compare_runs_all_four_strategies_into_the_zoo(trained, client, colours_
     for row in rows:
         remove_model(row["model"], zoo=app_zoo)
     print(f"comparison through the API: {seconds:.1f} s")
+
+
+def test_cancel_stops_a_comparison_and_keeps_only_finished_runs(trained, client, colours_zip, app_zoo):
+    job = client.submit(handle_file(str(colours_zip)), "tf_efficientnet_lite0", 0, 64, "cmp-stop",
+                        api_name="/compare")  # no budget: from-scratch would run its full schedule
+    deadline = time.monotonic() + 120
+    while not any("**Running fine-tune" in update[0] for update in job.outputs()):
+        assert time.monotonic() < deadline and not job.done(), job.outputs()[-1:] or job.status()
+        time.sleep(0.2)
+    assert "Stopping" in client.predict(api_name="/cancel_compare")
+    status, summary, *_ = job.result()
+    assert status.startswith("**Cancelled.**") and summary == ""
+    left = sorted(path.name for path in app_zoo.iterdir() if path.name.startswith("cmp-stop"))
+    assert left == ["cmp-stop-feature-extractor", "cmp-stop-shallow"]  # finished before the cancel: complete
+    assert not any(path.name.startswith(".staging") for path in app_zoo.iterdir())
+    assert client.predict(api_name="/cancel_compare") == "No comparison is running right now."
+    for name in left:
+        remove_model(name, zoo=app_zoo)
