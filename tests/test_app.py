@@ -549,11 +549,15 @@ def test_predict_passes_the_text_and_answers_from_either_input(client, parcels_m
     import app
 
     assert app.model_inputs("parcels-app")["visible"] is True
-    image = handle_file(str(next(xor_dir.glob("red/*.png"))))
+    from sklearn.datasets import load_digits
+
+    path = next(xor_dir.glob("red/*.png"))
+    digit = int(load_digits().target[int(path.stem)])  # files are named by their index in the digits set
+    image = handle_file(str(path))
     by_air = client.predict("parcels-app", image, 2, "flown in on a plane", api_name="/predict")
     by_sea = client.predict("parcels-app", image, 2, "delivered by ferry", api_name="/predict")
-    assert by_air["label"] != by_sea["label"]  # the same digit: the sentence decides the colour
-    # one of the two is the true class of a 0 or 1 digit with that transport (blue: 0+sea or 1+air)
+    # the same digit, and the sentence decides the colour: blue when they agree (0 + sea, 1 + air)
+    assert (by_air["label"], by_sea["label"]) == (("red", "blue") if digit == 0 else ("blue", "red"))
     text_only = client.predict("parcels-app", None, 2, "sent by airmail", api_name="/predict")
     image_only = client.predict("parcels-app", image, 2, "", api_name="/predict")
     for answer in (text_only, image_only):
