@@ -5,8 +5,13 @@
 The app is thin on purpose. Every handler below is a plain function that turns widget values into
 one call to `transfer` or `zoo` and the answer back into widget values; no ML happens here. The file
 reads top to bottom: configuration, shared helpers, then the handlers of each tab (Zoo, Predict,
-Fine-tune), then the layout (one `gr.Tab` per task) and the wiring (every event has an `api_name`,
-so everything the page does, `gradio_client` can do too).
+Fine-tune, Compare strategies), then the layout (one `gr.Tab` per task) and the wiring (every event
+has an `api_name`, so everything the page does, `gradio_client` can do too).
+
+The strategy is "auto" by default: after each upload (and settings change) `advise_upload` runs
+`transfer.advise` and shows its choice, reasons and measured numbers; the fit then runs with
+strategy="auto", whose advice reads the same cached measurements. The Compare tab runs
+`transfer.compare` on the same upload, the same way a fit runs (below).
 
 Training runs `transfer.fit` in a worker thread owned by a `TrainingRun`, which the handler keeps
 in a `gr.State` (per user, never a module global). The fit's progress callback feeds a queue; the
