@@ -497,12 +497,15 @@ def test_auto_is_the_default_and_its_advice_shows_before_training(client, monkey
         train(client, None, strategy="auto").result()
 
 
-def test_auto_fit_says_which_strategy_it_used(trained, client, colours_zip, app_zoo):
+def test_auto_fit_uses_the_advice_shown_and_says_so(trained, client, colours_zip, app_zoo):
+    shown = value(client.predict(handle_file(str(colours_zip)), FAST_FIT["backbone"], FAST_FIT["image_size"], 0, 0,
+                                 api_name="/advise"))
+    advised = re.search(r"\*\*Auto's advice: ([a-z-]+)\*\*", shown).group(1)
     *_, final = list(train(client, colours_zip, strategy="auto", name="colours-auto"))
     status, _, _, results = map(value, final[:4])
     assert "Saved as `colours-auto`" in status
     used = re.search(r"Strategy \*\*auto\*\* chose \*\*([a-z-]+)\*\*", results)
-    assert used, results
+    assert used and used.group(1) == advised, (results, shown)
     assert json.loads((app_zoo / "colours-auto" / "transfer.json").read_text())["strategy"] == used.group(1)
     remove_model("colours-auto", zoo=app_zoo)
 
