@@ -372,6 +372,10 @@ def test_on_a_space_visitors_cannot_delete_rename_or_use_the_hub(trained, client
     for backbone in ("hf-hub:alice/private-model", "tf_efficientnet_lite0@/etc/passwd"):
         with pytest.raises(AppError, match=expected):
             train(client, colours_zip, name="visitor", backbone=backbone).result()
+        with pytest.raises(AppError, match=expected):
+            client.predict(handle_file(str(colours_zip)), backbone, 64, 0, 0, api_name="/advise")
+        with pytest.raises(AppError, match=expected):
+            client.predict(handle_file(str(colours_zip)), backbone, 10, 64, "visitor", api_name="/compare")
     assert (app_zoo / "colours-fe" / "model.safetensors").is_file() and not (app_zoo / "mine").exists()
     # browsing and predicting stay open to everyone
     table, *_ = client.predict("", None, api_name="/list_zoo")
