@@ -55,10 +55,11 @@ import torch
 
 from transfer import DataError
 from transfer.data import Dataset, load_dataset
+from transfer.features import cached_features, feature_pass
 from transfer.strategies import STRATEGIES, estimate_pass_seconds, estimate_seconds
 from transfer.train import Progress, ProgressCallback, Run
 from zoo import zoo_dir
-from zoo.model import ModelSpec
+from zoo.model import ModelSpec, batchnorm_pairs
 from zoo.weights import DEFAULT_BACKBONE, Weights, create_backbone, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -377,14 +378,13 @@ def measure_similarity(dataset: Dataset, weights: Weights, image_size: int, *, b
 
     The pass is the frozen fits' own (`transfer.fit`'s cached features), with BatchNorm hooks on: a
     cache hit costs no pass, and the shift and speed measured when it was filled are read back."""
-    from transfer.fit import _cached_features, _feature_pass  # the frozen fits' own cached pass
 
     run = run or Run()
     model = create_backbone(weights).eval().to(memory_format=torch.channels_last)
     spec = ModelSpec.for_weights(weights, dataset.classes, image_size=image_size)
     began = time.monotonic()
     with BatchNormStatistics(model) as recorder:
-        features, labels, key = _cached_features(dataset, model, weights, spec, batch_size, zoo, run)
+        features, labels, key = cached_features(dataset, model, weights, spec, batch_size, zoo, run)
     if recorder.images:  # the pass ran here
         measured = _pass_measurements(recorder, time.monotonic() - began, image_size, weights)
     else:
@@ -393,7 +393,7 @@ def measure_similarity(dataset: Dataset, weights: Weights, image_size: int, *, b
         sample = stratified_sample(dataset, max(2, SHIFT_RECHECK_IMAGES // len(dataset.classes)))
         began = time.monotonic()
         with BatchNormStatistics(model) as recorder:
-            _feature_pass(sample, sample.train + sample.val, model, spec, batch_size, run)
+            feature_pass(sample, sample.train + sample.val, model, spec, batch_size, run)
         measured = _pass_measurements(recorder, time.monotonic() - began, image_size, weights)
     if recorder.images:
         _store_measurements(key, zoo, measured)  # a later advice on the cached features reads them
@@ -457,18 +457,29 @@ def _ridge_fit(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torc
 
 class BatchNormStatistics:
     """Records the per-channel mean and variance of every BatchNorm layer's input while the model runs,
-    and compares them with the layers' running statistics (the pretraining data's)."""
+    and compares them with the layers' running statistics (the pretraining data's).
+
+    A norm's input is the output of the convolution before it, so that is where it is watched: the
+    frozen pass folds the norms into those convolutions (`zoo.model.fused_for_inference`, which
+    copies the hooks along), and the folded output is mapped back to the norm's input on the few
+    grid positions sampled. A norm that follows no convolution is watched directly (and not folded)."""
 
     def __init__(self, model: torch.nn.Module):
         self.layers = [module for module in model.modules()
                        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_var is not None]
+        conv_before = {id(model.get_submodule(norm)): model.get_submodule(conv) for conv, norm in batchnorm_pairs(model)}
+        self._watched = [conv_before.get(id(layer), layer) for layer in self.layers]
         self.sums: dict[int, list] = {}  # layer index -> [count, sum, sum of squares] (float64)
         self.images = 0
         self._handles: list = []
 
     def __enter__(self) -> "BatchNormStatistics":
-        for index, layer in enumerate(self.layers):
-            self._handles.append(layer.register_forward_pre_hook(self._recorder(index)))
+        for index, (layer, watched) in enumerate(zip(self.layers, self._watched)):
+            record = self._recorder(index)
+            if watched is layer:
+                self._handles.append(layer.register_forward_pre_hook(lambda module, inputs, r=record: r(module, inputs[0])))
+            else:
+                self._handles.append(watched.register_forward_hook(lambda module, inputs, output, r=record: r(module, output)))
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -477,14 +488,17 @@ class BatchNormStatistics:
         self._handles.clear()
 
     def _recorder(self, index: int) -> Callable:
-        def record(module: torch.nn.Module, inputs: tuple) -> None:
-            activation = inputs[0]
+        def record(module: torch.nn.Module, activation: torch.Tensor) -> None:
             if activation.dim() != 4:
                 return
             if index == 0:
                 self.images += activation.shape[0]
             step = max(1, math.ceil(min(activation.shape[2:]) / GRID))
             grid = activation[:, :, step // 2::step, step // 2::step].permute(0, 2, 3, 1).reshape(-1, activation.shape[1])
+            folded = getattr(module, "folded_norm", None)
+            if folded is not None:  # a folded convolution: undo the norm's affine map
+                scale, shift = folded
+                grid = (grid - shift) / scale
             count, total, squares = self.sums.get(index, (0, 0.0, 0.0))
             self.sums[index] = [count + len(grid), total + grid.sum(0, dtype=torch.float64),
                                 squares + grid.square().sum(0, dtype=torch.float64)]

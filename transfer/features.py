@@ -22,10 +22,15 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
+from transfer.data import Dataset, content_hashes, decode_images, drop_failed
+from transfer.train import Progress, Run, eval_crops
 from zoo import zoo_dir
-from zoo.model import ModelSpec, normalize
+from zoo.model import ModelSpec, fused_for_inference, normalize
+from zoo.weights import Weights
 
 log = logging.getLogger(__name__)
+
+FEATURE_CHUNK = 256  # images decoded at a time in the streamed feature pass
 
 CACHE_VERSION = 1
 CACHE_CAP_BYTES = int(os.environ.get("TRANSFER_FEATURE_CACHE_MB", 2048)) << 20
@@ -119,6 +124,72 @@ def extract_features(
             on_batch(len(batch))
     stage_tensors = [torch.cat(per_stage) for per_stage in zip(*stages)] if stages else []
     return Features(torch.cat(finals), stage_tensors)
+
+
+# --- the frozen fits' cached pass ------------------------------------------------------------------------
+
+
+def cached_features(dataset: Dataset, model, weights: Weights, spec: ModelSpec, batch_size, zoo, run: Run,
+                     decoded: tuple[list, list[str]] | None = None):
+    """({split: Features}, {split: labels}, cache key): from the cache, or from one pass that fills it.
+
+    decoded: (images, hashes) of train+val+test already decoded at spec.resized_side (trainable
+    strategies have them); otherwise images are decoded here a chunk at a time and not kept.
+    Images that fail to decode are reported and dropped from their split.
+    """
+    samples = dataset.train + dataset.val + dataset.test
+    hashes = decoded[1] if decoded else content_hashes(dataset, samples)
+    key = cache_key(weights.fingerprint, spec, hashes)
+    features, failed = load_cached(key, hashes, zoo=zoo)
+    if features is None:
+        features, failed = feature_pass(dataset, samples, model, spec, batch_size, run, decoded)
+        store_cached(key, hashes, features, failed, zoo=zoo)
+        log.info("computed features of %d images (cache %s)", len(features.final), key[:8])
+    else:
+        log.info("features of %d images from the cache (%s)", len(features.final), key[:8])
+        run.report(Progress("features", len(samples), len(samples), message="features from the cache"))
+    drop_failed(dataset, {s.relpath: failed[h] for s, h in zip(samples, hashes) if h in failed})
+    per_split, labels, row = {}, {}, 0
+    for split, members in dataset.splits().items():
+        per_split[split] = features.select(list(range(row, row + len(members))))
+        labels[split] = [sample.label for sample in members]
+        row += len(members)
+    return per_split, labels, key
+
+
+def feature_pass(dataset, samples, model, spec, batch_size, run: Run, decoded=None):
+    """Decode (unless given) and run the frozen backbone once: (Features, {hash: reason} of failures).
+
+    Images are decoded FEATURE_CHUNK at a time and not kept; the backbone runs with its BatchNorm
+    folded into the convolutions (`zoo.model.fused_for_inference`)."""
+    done = [0]
+
+    def on_batch(count: int) -> None:
+        done[0] += count
+        run.report(Progress("features", done[0], len(samples), message="computing features"))
+        if run.should_stop and run.should_stop():
+            run.check()
+
+    parts, failed = [], {}
+    example = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)).contiguous(
+        memory_format=torch.channels_last)
+    model = fused_for_inference(model.eval(), example)  # BatchNorm folded into the convs: ~25% less CPU
+    for start in range(0, len(samples), FEATURE_CHUNK):
+        chunk = samples[start:start + FEATURE_CHUNK]
+        if decoded:
+            images = decoded[0][start:start + FEATURE_CHUNK]
+        else:
+            images, hashes, errors = decode_images(dataset, chunk, shorter_side=spec.resized_side,
+                                                   should_stop=run.should_stop)
+            failed |= {h: error for h, error in zip(hashes, errors) if error}
+        ok = [image for image in images if image is not None]
+        done[0] += len(images) - len(ok)
+        crops = eval_crops(ok, spec)
+        batches = (crops[i:i + batch_size] for i in range(0, len(crops), batch_size))
+        parts.append(extract_features(model, batches, spec, on_batch=on_batch))
+    final = torch.cat([part.final for part in parts])
+    stages = [torch.cat([part.stages[k] for part in parts]) for k in range(len(parts[0].stages))]
+    return Features(final, stages), failed
 
 
 def _cache_dir(zoo) -> Path:

@@ -12,6 +12,7 @@ fit's size, and augment from there every epoch. The reported metrics come from t
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
 from collections.abc import Callable
@@ -23,8 +24,8 @@ from typing import Any
 import torch
 
 from transfer import DataError
-from transfer.data import Dataset, content_hashes, decode_images, drop_failed, load_dataset
-from transfer.features import Features, cache_key, cached_text_inputs, extract_features, load_cached, store_cached
+from transfer.data import Dataset, decode_images, drop_failed, load_dataset
+from transfer.features import Features, cache_key, cached_features, cached_text_inputs
 from transfer.metrics import classification_metrics
 from transfer.strategies import HEAD_EPOCHS, WARMUP_HEAD_EPOCHS, Strategy, get_strategy
 from transfer.train import (
@@ -40,14 +41,13 @@ from transfer.train import (
     train_network,
 )
 from zoo import ZooError
-from zoo.model import ImageTextClassifier, ModelSpec, count_parameters, fused_for_inference, text_settings
+from zoo.model import ImageTextClassifier, ModelSpec, count_parameters, text_settings
 from zoo.text import DEFAULT_ENCODER as DEFAULT_TEXT_ENCODER
 from zoo.store import save_model, validate_name
 from zoo.weights import DEFAULT_BACKBONE, Weights, create_backbone, package_version, random_weights, resolve_weights
 
 log = logging.getLogger(__name__)
 
-FEATURE_CHUNK = 256  # images decoded at a time in the streamed feature pass
 
 
 @dataclass
@@ -141,6 +141,7 @@ def fit(
     if encoder:
         spec.text = text_settings(encoder)
     torch.manual_seed(seed)
+    random.seed(seed)  # timm's RandomResizedCrop draws from Python's random: the same seed, the same run
     run.report(Progress("start", 0, 1, message=f"{plan.name} on {len(dataset.train)} training images"))
 
     if plan.trains_backbone:
@@ -209,7 +210,7 @@ class _Outcome:
 
 def _fit_frozen(dataset, weights, spec, plan: Strategy, epochs, batch_size, zoo, run: Run):
     model = create_backbone(weights).eval().to(memory_format=torch.channels_last)
-    features, labels, fingerprint = _cached_features(dataset, model, weights, spec, batch_size, zoo, run)
+    features, labels, fingerprint = cached_features(dataset, model, weights, spec, batch_size, zoo, run)
     head_config = HeadConfig(lr=plan.lr, max_epochs=epochs or HEAD_EPOCHS)
     class_weights = dataset.class_weights()
 
@@ -325,65 +326,6 @@ def _text_encoder_for(dataset: Dataset, requested: str | None) -> str | None:
     return requested or DEFAULT_TEXT_ENCODER
 
 
-def _cached_features(dataset: Dataset, model, weights: Weights, spec: ModelSpec, batch_size, zoo, run: Run,
-                     decoded: tuple[list, list[str]] | None = None):
-    """({split: Features}, {split: labels}, cache key): from the cache, or from one pass that fills it.
-
-    decoded: (images, hashes) of train+val+test already decoded at spec.resized_side (trainable
-    strategies have them); otherwise images are decoded here a chunk at a time and not kept.
-    Images that fail to decode are reported and dropped from their split.
-    """
-    samples = dataset.train + dataset.val + dataset.test
-    hashes = decoded[1] if decoded else content_hashes(dataset, samples)
-    key = cache_key(weights.fingerprint, spec, hashes)
-    features, failed = load_cached(key, hashes, zoo=zoo)
-    if features is None:
-        features, failed = _feature_pass(dataset, samples, model, spec, batch_size, run, decoded)
-        store_cached(key, hashes, features, failed, zoo=zoo)
-        log.info("computed features of %d images (cache %s)", len(features.final), key[:8])
-    else:
-        log.info("features of %d images from the cache (%s)", len(features.final), key[:8])
-        run.report(Progress("features", len(samples), len(samples), message="features from the cache"))
-    drop_failed(dataset, {s.relpath: failed[h] for s, h in zip(samples, hashes) if h in failed})
-    per_split, labels, row = {}, {}, 0
-    for split, members in dataset.splits().items():
-        per_split[split] = features.select(list(range(row, row + len(members))))
-        labels[split] = [sample.label for sample in members]
-        row += len(members)
-    return per_split, labels, key
-
-
-def _feature_pass(dataset, samples, model, spec, batch_size, run: Run, decoded=None):
-    """Decode (unless given) and run the frozen backbone once: (Features, {hash: reason} of failures)."""
-    done = [0]
-
-    def on_batch(count: int) -> None:
-        done[0] += count
-        run.report(Progress("features", done[0], len(samples), message="computing features"))
-        if run.should_stop and run.should_stop():
-            run.check()
-
-    parts, failed = [], {}
-    example = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
-    model = fused_for_inference(model.eval(), example)  # BatchNorm folded into the convs: ~25% less CPU
-    for start in range(0, len(samples), FEATURE_CHUNK):
-        chunk = samples[start:start + FEATURE_CHUNK]
-        if decoded:
-            images = decoded[0][start:start + FEATURE_CHUNK]
-        else:
-            images, hashes, errors = decode_images(dataset, chunk, shorter_side=spec.resized_side,
-                                                   should_stop=run.should_stop)
-            failed |= {h: error for h, error in zip(hashes, errors) if error}
-        ok = [image for image in images if image is not None]
-        done[0] += len(images) - len(ok)
-        crops = eval_crops(ok, spec)
-        batches = (crops[i:i + batch_size] for i in range(0, len(crops), batch_size))
-        parts.append(extract_features(model, batches, spec, on_batch=on_batch))
-    final = torch.cat([part.final for part in parts])
-    stages = [torch.cat([part.stages[k] for part in parts]) for k in range(len(parts[0].stages))]
-    return Features(final, stages), failed
-
-
 # --- trainable strategies: the whole network on images ---------------------------------------------------
 
 
@@ -414,7 +356,7 @@ def _fit_network(dataset, weights, spec, plan: Strategy, epochs, batch_size, zoo
     if plan.head_warmup:
         # phase 1: the head learns on the frozen backbone's features (one cached pass), so that a
         # random head does not push the pretrained layers around at the start of phase 2
-        features, _, fingerprint = _cached_features(dataset, backbone, weights, spec, batch_size, zoo, run,
+        features, _, fingerprint = cached_features(dataset, backbone, weights, spec, batch_size, zoo, run,
                                                     decoded=(images, hashes))
         warmup_config = HeadConfig(lr=3e-3 if text is None else 1e-3, max_epochs=WARMUP_HEAD_EPOCHS)
         if text is None:

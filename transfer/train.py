@@ -79,6 +79,7 @@ class HeadConfig:
     weight_decay: float = 1e-4  # on standardised features; the head is tiny, little is needed
     max_epochs: int = 200  # upper bound; early stopping usually ends far sooner
     patience: int = 25  # epochs without a better validation score before stopping
+    min_epochs: int = 10  # even past the time budget (milliseconds on cached features): never a 1-epoch head
     batch_size: int = 256  # features are small: big batches, few steps
     label_smoothing: float = 0.1
 
@@ -141,6 +142,9 @@ def train_linear_head(
     std = (variance + 1e-2 * variance.mean() + 1e-8).sqrt()
     train_z, val_z = (train_x - mean) / std, (val_x - mean) / std
     head = torch.nn.Linear(train_x.shape[1], num_classes)
+    with torch.no_grad():  # a convex problem: start from zero, so the same features give the same head
+        head.weight.zero_()
+        head.bias.zero_()
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train_z) / config.batch_size)
     scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=config.max_epochs,
@@ -181,8 +185,9 @@ def train_linear_head(
             since_best += 1
         run.report(Progress(stage, epoch + 1, config.max_epochs, epoch=epoch + 1,
                             metrics={k: v for k, v in record.items() if k != "epoch"}))
-        # termination
-        if since_best >= config.patience or run.check():
+        # termination (run.check() also raises Cancelled at once on request)
+        out_of_time = run.check()
+        if since_best >= config.patience or (out_of_time and epoch + 1 >= config.min_epochs):
             break
     head.load_state_dict(best_state)
     return _fold_standardisation(head, mean, std), history
@@ -434,7 +439,8 @@ def train_fusion_head(
         run.report(Progress(stage, epoch + 1, config.max_epochs, epoch=epoch + 1,
                             metrics={k: v for k, v in record.items() if k != "epoch"}))
         # termination
-        if since_best >= config.patience or run.check():
+        out_of_time = run.check()
+        if since_best >= config.patience or (out_of_time and epoch + 1 >= config.min_epochs):
             break
     model.load_state_dict(best_state, strict=False)
     model.eval()

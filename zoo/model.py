@@ -195,50 +195,91 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 # --- inference speed ------------------------------------------------------------------------------------
 
 
+def batchnorm_pairs(model: torch.nn.Module) -> list[tuple[str, str]]:
+    """(convolution, BatchNorm) module names for every norm that directly follows a convolution.
+
+    timm blocks declare each norm right after the convolution it follows (conv_pw, bn1, conv_dw,
+    bn2, ...), with at most an empty (Identity) slot between; the pairing is read from that order,
+    so `fused_for_inference` checks its result numerically rather than trusting it."""
+    from timm.layers import BatchNormAct2d
+
+    pairs = []
+    for parent_name, parent in model.named_modules():
+        prefix = f"{parent_name}." if parent_name else ""
+        previous = None
+        for child_name, child in parent.named_children():
+            if isinstance(child, torch.nn.Conv2d):
+                previous = child
+                previous_name = child_name
+                continue
+            if isinstance(child, torch.nn.Identity):
+                continue
+            if (type(child) in (torch.nn.BatchNorm2d, BatchNormAct2d) and previous is not None
+                    and previous.out_channels == child.num_features and child.running_var is not None):
+                pairs.append((prefix + previous_name, prefix + child_name))
+            previous = None
+    return pairs
+
+
 def fused_for_inference(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
     """A copy of `model` for inference only, with each BatchNorm folded into the convolution before it.
 
     An eval-mode BatchNorm is a per-channel affine map, so it folds exactly into the preceding
     convolution's weights and bias; on a CPU that removes about a fifth of an EfficientNet's
-    forward time. timm blocks declare each norm right after the convolution it follows (conv_pw,
-    bn1, conv_dw, bn2, ...); the pairing is found from that order and the copy is then checked
-    against the original on `example`: if any output differs (an architecture built otherwise),
-    the unfused model is returned unchanged, as is a model with hooks (they may watch the norms
-    that folding removes, as `transfer.advise` does). The original is never modified.
+    forward time. The copy is checked against the original on `example` (hooks silenced): if any
+    output differs (an architecture built otherwise), the unfused model is returned. A norm with
+    hooks of its own is left in place; a folded convolution keeps `folded_norm = (scale, shift)`,
+    so that hooks watching its output can recover the norm's input, (output - shift) / scale
+    (as `transfer.advise` does). The original is never modified.
     """
     import copy
 
     from timm.layers import BatchNormAct2d
     from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-    if any(module._forward_hooks or module._forward_pre_hooks for module in model.modules()):
+    def has_hooks(module: torch.nn.Module) -> bool:
+        return bool(module._forward_hooks or module._forward_pre_hooks)
+
+    pairs = [(conv, norm) for conv, norm in batchnorm_pairs(model) if not has_hooks(model.get_submodule(norm))]
+    if not pairs:
         return model
     fused = copy.deepcopy(model).eval()
-    folded = 0
-    for parent in list(fused.modules()):
-        previous_conv = None
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, torch.nn.Conv2d):
-                previous_conv = child
-                continue
-            if isinstance(child, torch.nn.Identity):
-                continue  # e.g. an anti-aliasing slot left empty between a conv and its norm
-            if (type(child) in (torch.nn.BatchNorm2d, BatchNormAct2d) and previous_conv is not None
-                    and previous_conv.out_channels == child.num_features and child.track_running_stats):
-                weight, bias = fuse_conv_bn_weights(previous_conv.weight, previous_conv.bias, child.running_mean,
-                                                    child.running_var, child.eps, child.weight, child.bias)
-                previous_conv.weight, previous_conv.bias = weight, bias
-                after = (torch.nn.Sequential(child.drop, child.act) if isinstance(child, BatchNormAct2d)
-                         else torch.nn.Identity())
-                setattr(parent, child_name, after)
-                folded += 1
-            previous_conv = None
-    if not folded:
-        return model
-    with torch.inference_mode():
+    with torch.no_grad():
+        for conv_name, norm_name in pairs:
+            conv, norm = fused.get_submodule(conv_name), fused.get_submodule(norm_name)
+            scale = (norm.weight if norm.weight is not None else torch.ones_like(norm.running_var)) \
+                / torch.sqrt(norm.running_var + norm.eps)
+            shift = (norm.bias if norm.bias is not None else torch.zeros_like(norm.running_mean)) \
+                - norm.running_mean * scale
+            conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean,
+                                                          norm.running_var, norm.eps, norm.weight, norm.bias)
+            conv.folded_norm = (scale.clone(), shift.clone())
+            after = (torch.nn.Sequential(norm.drop, norm.act) if isinstance(norm, BatchNormAct2d)
+                     else torch.nn.Identity())
+            parent_name, _, attribute = norm_name.rpartition(".")
+            setattr(fused.get_submodule(parent_name) if parent_name else fused, attribute, after)
+    with _hooks_silenced(model, fused), torch.inference_mode():
         expected, got = model.eval()(example), fused(example)
     expected = expected if isinstance(expected, (tuple, list)) else [expected]
     got = got if isinstance(got, (tuple, list)) else [got]
     if all(torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(a.abs().max()) + 1e-5) for a, b in zip(expected, got)):
         return fused
     return model
+
+
+class _hooks_silenced:
+    """Within: no forward hooks run on the given models (a check must not feed what they record)."""
+
+    def __init__(self, *models: torch.nn.Module):
+        self.modules = [module for model in models for module in model.modules()]
+
+    def __enter__(self) -> None:
+        import collections
+
+        self.saved = [(m._forward_hooks, m._forward_pre_hooks) for m in self.modules]
+        for module in self.modules:
+            module._forward_hooks, module._forward_pre_hooks = collections.OrderedDict(), collections.OrderedDict()
+
+    def __exit__(self, *exc_info) -> None:
+        for module, (hooks, pre_hooks) in zip(self.modules, self.saved):
+            module._forward_hooks, module._forward_pre_hooks = hooks, pre_hooks
