@@ -76,7 +76,9 @@ PROBE_PER_CLASS = 50  # large data: images per class (train + val) in the sample
 PROBE_MAX_IMAGES = 2000  # most images the ridge probe fits on (stratified sample of the features)
 PROBE_FOLDS = 5
 SHIFT_RECHECK_IMAGES = 128  # features cached by a plain fit (no shift recorded): images re-run for the shift
-SPEED_MIN_IMAGES = 32  # a pass over fewer images says little about this machine's speed
+# a pass the cost model puts under this many seconds is mostly fixed costs (building and folding the
+# model, the first batch's set-up): timing it says little about this machine's speed per image
+SPEED_MIN_SECONDS = 2.0
 SPEED_RANGE = (0.25, 20.0)  # measured slowness is clamped to this range before it scales the estimates
 GRID = 4  # BatchNorm statistics are sampled on a GRID x GRID lattice of positions per feature map: cheap
 # next to the convolutions, and still thousands of samples per channel over a few batches
@@ -525,8 +527,8 @@ def _pass_measurements(recorder: BatchNormStatistics, seconds: float, image_size
                        weights: Weights) -> dict[str, Any]:
     """What a backbone pass tells: the feature shift, and its speed against the cost model."""
     speed = None
-    if recorder.images >= SPEED_MIN_IMAGES:
-        modelled = estimate_pass_seconds(recorder.images, image_size=image_size, architecture=weights.architecture)
+    modelled = estimate_pass_seconds(recorder.images, image_size=image_size, architecture=weights.architecture)
+    if modelled >= SPEED_MIN_SECONDS:
         speed = round(min(max(seconds / modelled, SPEED_RANGE[0]), SPEED_RANGE[1]), 2)
     return {"feature_shift": recorder.feature_shift(), "speed": speed, "images": recorder.images}
 
