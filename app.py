@@ -1084,13 +1084,19 @@ def compare_strategies(zip_path: str | None, backbone: str, budget_seconds, imag
     run.start(compare, data=dataset, backbone=backbone, budget_seconds=budget, image_size=size, name=name)
     progress(0, desc="Measuring the data (auto's advice)")
     yield "**Starting…**", "", gr.skip(), gr.skip(), run, None
-    current, shown = "auto's advice", time.monotonic()
+    current, shown, finished = "auto's advice", time.monotonic(), []
     try:
         while run.running or not run.events.empty():
             reports = run.reports(wait=0.25)
             for event in reports:
                 if event.stage == "compare" and event.done < event.total:
                     current = event.message
+                if event.stage == "compare-row":  # a run finished: its row shows at once
+                    finished.append(event.metrics)
+                    yield (f"**Running** · {event.message} · {time.monotonic() - started:.0f} s elapsed", "",
+                           _partial_frame(finished), gr.skip(), gr.skip(), gr.skip())
+                    shown = time.monotonic()
+            reports = [event for event in reports if event.stage != "compare-row"]
             if reports:
                 last = reports[-1]
                 if last.stage == "compare":
@@ -1128,6 +1134,15 @@ def _comparison_frame(comparison) -> pd.DataFrame:
                      "macro-F1": None if row.macro_f1 is None else round(row.macro_f1, 4),
                      "seconds": round(row.seconds, 1), "trainable parameters": row.trainable_parameters,
                      "model": row.name or "", "note": f"failed: {row.error}" if row.error else ", ".join(notes)})
+    return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+
+
+def _partial_frame(finished: list[dict]) -> pd.DataFrame:
+    """The rows of the runs that finished so far (the full table, with its notes, comes at the end)."""
+    rows = [{"strategy": row["strategy"], "accuracy": row["accuracy"], "macro-F1": row["macro_f1"],
+             "seconds": row["seconds"], "trainable parameters": row["trainable_parameters"],
+             "model": row["model"] or "", "note": f"failed: {row['error']}" if row["error"] else ""}
+            for row in finished]
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
 
 

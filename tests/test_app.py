@@ -612,6 +612,10 @@ def test_cancel_stops_a_comparison_and_keeps_the_finished_runs(trained, client, 
     while not any("**Running fine-tune" in update[0] for update in job.outputs()):
         assert time.monotonic() < deadline and not job.done(), job.outputs()[-1:] or job.status()
         time.sleep(0.2)
+    # each finished run's row shows as soon as it ends, before the whole comparison does
+    partial = [update[2] for update in job.outputs() if update[0].startswith("**Running** ·")]
+    assert partial and [row["strategy"] for row in table_rows(partial[-1])] == ["feature-extractor", "shallow"]
+    assert all(0 <= row["accuracy"] <= 1 and row["model"] for row in table_rows(partial[-1]))
     assert "Stopping" in client.predict(api_name="/cancel_compare")
     status, summary, *_ = job.result()
     assert status.startswith("**Cancelled.**") and summary == ""

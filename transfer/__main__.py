@@ -204,6 +204,13 @@ class ProgressBar:
             if event.message:
                 print(event.message, file=sys.stderr)
             return
+        if event.stage == "compare-row":  # one run of a comparison finished
+            self.close()
+            row = event.metrics
+            print(f"{row['strategy']}: " + (f"failed: {row['error']}" if row["error"] else
+                  f"accuracy {row['accuracy']:.3f}, macro-F1 {row['macro_f1']:.3f} in {row['seconds']:.1f} s"),
+                  file=sys.stderr)
+            return
         if event.stage == "epoch":  # the end of a training epoch: one line that stays
             scores = ", ".join(f"{k} {v:.3f}" for k, v in event.metrics.items())
             tqdm.write(f"epoch {event.epoch}/{event.total}: {scores}", file=sys.stderr)

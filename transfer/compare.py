@@ -179,7 +179,11 @@ def compare(
         rows.append(_run_one(fit, dataset, strategy, names[strategy], estimates[strategy], share, marker,
                              began_after=round(spent, 1), backbone=backbone, zoo=zoo, image_size=image_size, epochs=epochs, batch_size=batch_size,
                              seed=seed, progress=progress, should_stop=should_stop))
-        if rows[-1].name and not STRATEGIES[strategy].trains_backbone:
+        row = rows[-1]
+        run.report(Progress("compare-row", position + 1, len(order), message=f"{strategy} done", metrics={
+            "strategy": strategy, "accuracy": row.accuracy, "macro_f1": row.macro_f1, "seconds": row.seconds,
+            "trainable_parameters": row.trainable_parameters, "model": row.name, "error": row.error}))
+        if row.name and not STRATEGIES[strategy].trains_backbone:
             cached_size = frozen_size  # every image's frozen features are cached now
     run.report(Progress("compare", len(order), len(order), message="comparison done"))
     if all(row.error for row in rows):
