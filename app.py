@@ -698,15 +698,17 @@ def _duration(seconds: float) -> str:
 
 
 @friendly_errors
-def advise_upload(zip_path: str | None, backbone: str, image_size, epochs, max_seconds,
-                  profile: gr.OAuthProfile | None, progress=gr.Progress()):
+def advise_upload(zip_path: str | None, backbone: str, image_size, epochs, max_seconds, strategy: str = AUTO,
+                  profile: gr.OAuthProfile | None = None, progress=gr.Progress()):
     """What auto chooses for the upload and why (`transfer.advise`), within this app's time budget.
 
-    Runs after every new upload and settings change; its frozen pass fills the feature cache that a
-    frozen fit then reads. Returns (the advice box, the advice for the estimate and the fit)."""
+    Runs after every new upload and settings change while the strategy is auto (a strategy picked by
+    hand needs no advice, and 2 CPU cores are better spent elsewhere); its frozen pass fills the
+    feature cache that a frozen fit then reads. Returns (the advice box, the advice for the estimate
+    and the fit)."""
     from transfer.advise import advise
 
-    if not zip_path:
+    if not zip_path or strategy != AUTO:
         return gr.update(value="", visible=False), None
     config = app_config()
     backbone = (backbone or "").strip() or DEFAULT_BACKBONE
@@ -1456,9 +1458,10 @@ def build_demo() -> gr.Blocks:
               estimate_text, [facts_state, backbone, strategy, image_size, epochs, advice_state], estimate,
               api_name="estimate", **INTERNAL)
         # auto's advice: after each new upload and whenever a setting it depends on is settled
-        gr.on([facts_state.change, backbone.change, image_size.blur, image_size.submit, epochs.blur, epochs.submit,
-               max_seconds.blur, max_seconds.submit],
-              advise_upload, [dataset_file, backbone, image_size, epochs, max_seconds], [advice, advice_state],
+        gr.on([facts_state.change, backbone.change, strategy.change, image_size.blur, image_size.submit,
+               epochs.blur, epochs.submit, max_seconds.blur, max_seconds.submit],
+              advise_upload, [dataset_file, backbone, image_size, epochs, max_seconds, strategy],
+              [advice, advice_state],
               api_name="advise", trigger_mode="always_last", concurrency_id="advise", concurrency_limit=1)
         train_button.click(
             training_started, None, [train_button, cancel_button, progress_area, curves, run_state],

@@ -497,6 +497,9 @@ def test_auto_is_the_default_and_its_advice_shows_before_training(client, monkey
     capped = value(client.predict(handle_file(example), "tf_efficientnet_lite0", 64, 0, 0, api_name="/advise"))
     assert "time budget 2 s" in capped, capped
     assert value(client.predict(None, "tf_efficientnet_lite0", 0, 0, 0, api_name="/advise")) == ""
+    # a strategy picked by hand needs no advice: nothing is measured, the box is empty
+    assert value(client.predict(handle_file(example), "tf_efficientnet_lite0", 64, 0, 0, "shallow",
+                                api_name="/advise")) == ""
     with pytest.raises(AppError, match="Upload a .zip"):
         train(client, None, strategy="auto").result()
 
