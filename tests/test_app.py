@@ -617,7 +617,8 @@ def test_cancel_stops_a_comparison_and_keeps_the_finished_runs(trained, client, 
         time.sleep(0.2)
     # each finished run's row shows as soon as it ends, before the whole comparison does
     partial = [update[2] for update in job.outputs() if update[0].startswith("**Running** ·")]
-    assert partial and [row["strategy"] for row in table_rows(partial[-1])] == ["feature-extractor", "shallow"]
+    shown = [row["strategy"] for row in table_rows(partial[-1])] if partial else []
+    assert shown[:2] == ["feature-extractor", "shallow"], shown  # fine-tune may have finished too by now
     assert all(0 <= row["accuracy"] <= 1 and row["model"] for row in table_rows(partial[-1]))
     assert "Stopping" in client.predict(api_name="/cancel_compare")
     status, summary, *_ = job.result()
