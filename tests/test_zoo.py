@@ -24,7 +24,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from conftest import ASSETS, ROOT
+from conftest import ASSETS, ROOT, run_python
 from transfer.fit import fit
 from zoo import ZooError
 from zoo.builtin_models import restore_builtin
@@ -108,6 +108,20 @@ def test_saved_model_lists_with_correct_metadata_and_reloads_identically(digits_
     # one image (not a list) is one prediction; any mode or size is accepted
     [single] = predict("zoo-digits", ASSETS / "photos" / "cat.jpg", top_k=2, zoo=zoo_path)
     assert len(single) == 2 and {row["label"] for row in single} <= set(entry.spec.label_names)
+
+
+def test_listing_the_zoo_does_not_load_pytorch(digits_model, zoo_path):
+    """`python -m zoo list` answers at once: every spec is validated without importing torch (the
+    first listing of a new zoo writes the built-ins' descriptions, which reads timm's ImageNet names once)."""
+    list_entries(zoo=zoo_path)
+    code = ("import sys\nfrom zoo.store import list_entries\n"
+            "entries = list_entries(zoo=sys.argv[1])\n"
+            "print(sorted(e.name for e in entries if not e.damaged), 'torch' in sys.modules)\n")
+    done = run_python(code, str(zoo_path))
+    assert done.returncode == 0, done.stderr
+    names, torch_loaded = done.stdout.strip().rsplit(" ", 1)
+    assert "'zoo-digits'" in names and "'tf_efficientnet_lite0'" in names
+    assert torch_loaded == "False"
 
 
 def test_zoo_folder_loads_in_plain_timm_with_labels_and_the_same_probabilities(digits_model):

@@ -132,7 +132,7 @@ def _description(name: str, folder: Path, package: str, version: str) -> dict:
 
 
 def _describe(name: str, package: str, version: str) -> dict:
-    from zoo.model import ModelSpec
+    from zoo.spec import ModelSpec
     from zoo.weights import _default_cfg
 
     cfg = _default_cfg(name)
@@ -157,7 +157,7 @@ def _describe(name: str, package: str, version: str) -> dict:
 def _write_description(folder: Path, name: str, info: dict) -> None:
     """Write the three files into a staging folder and rename it into place (first writer wins)."""
     from zoo.card import model_card
-    from zoo.model import ModelSpec
+    from zoo.spec import ModelSpec
 
     spec = ModelSpec.from_dict(info["spec"])
     config = {"architecture": name, "num_classes": spec.num_classes, "label_names": spec.label_names,

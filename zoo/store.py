@@ -69,7 +69,7 @@ class ZooEntry:
 
     @property
     def spec(self):
-        from zoo.model import ModelSpec
+        from zoo.spec import ModelSpec
 
         if self.damaged:
             raise ZooError(f"Model '{self.name}' is damaged: {self.damaged}")
