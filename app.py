@@ -461,14 +461,19 @@ def predict_when_ready(name: str | None, image: str | None, top_k: float, text: 
 
 
 @friendly_errors
-def predict_images(name: str | None, files: list[str] | None, top_k: float) -> pd.DataFrame:
-    """One row per uploaded image: the best label, its score and the runners-up."""
+def predict_images(name: str | None, files: list[str] | None, top_k: float, text: str = "") -> pd.DataFrame:
+    """One row per uploaded image: the best label, its score and the runners-up. For an image+text
+    model the text box, when filled, goes with every image."""
     name = _require_model(name)
     if not files:
         raise gr.Error("Upload one or more images first.")
     if len(files) > 256:
         raise gr.Error(f"{len(files)} images at once is too many here; upload at most 256.")
-    results = predict(name, files, top_k=int(top_k), cache=MODEL_CACHE)
+    text = (text or "").strip()
+    loaded = MODEL_CACHE.get(name)
+    if text and loaded.spec.text is None:
+        raise gr.Error(f"'{name}' takes images only; clear the text (or pick a model trained on images with text).")
+    results = predict(loaded, files, texts=[text] * len(files) if text else None, top_k=int(top_k))
     rows = [{"image": Path(file).name, "label": top[0]["label"], "score": round(top[0]["score"], 4),
              "top-k": ", ".join(f"{row['label']} {row['score']:.2f}" for row in top)}
             for file, top in zip(files, results)]
@@ -1302,7 +1307,7 @@ def build_demo() -> gr.Blocks:
                                                     elem_id="predict-model")
                         image = gr.Image(type="filepath", label="Image", height=320, elem_id="predict-image",
                                          sources=["upload", "clipboard", "webcam"])
-                        text = gr.Textbox(label="Text beside the image", visible=False, elem_id="predict-text")
+                        text = gr.Textbox("", label="Text beside the image", visible=False, elem_id="predict-text")
                         top_k = gr.Slider(1, 10, value=5, step=1, label="Top-k labels")
                         predict_button = gr.Button("Predict", variant="primary", elem_id="predict-button")
                         gr.Examples(example_images(), inputs=[image], label="Examples")
@@ -1445,7 +1450,7 @@ def build_demo() -> gr.Blocks:
                      **PREDICTING, **INTERNAL)
         text.submit(predict_image, [predict_model, image, top_k, text], label, api_name="predict_on_submit",
                     **PREDICTING, **INTERNAL)
-        batch_button.click(predict_images, [predict_model, batch_files, top_k], batch_table,
+        batch_button.click(predict_images, [predict_model, batch_files, top_k, text], batch_table,
                            api_name="predict_batch", **PREDICTING)
 
         # --- wiring: Fine-tune ---

@@ -577,6 +577,15 @@ def test_predict_passes_the_text_and_answers_from_either_input(client, parcels_m
         client.predict("parcels-app", None, 2, "  ", api_name="/predict")
     with pytest.raises(AppError, match="takes images only"):
         client.predict("colours-fe", image, 2, "a sentence", api_name="/predict")
+    # several images at once: the text box goes with every image, and decides their colour the same way
+    files = [handle_file(str(p)) for p in sorted(xor_dir.glob("red/*.png"))[:2]]
+    digits = [int(load_digits().target[int(p.stem)]) for p in sorted(xor_dir.glob("red/*.png"))[:2]]
+    by_air, by_sea = (table_rows(client.predict("parcels-app", files, 2, sentence, api_name="/predict_batch"))
+                      for sentence in ("flown in on a plane", "delivered by ferry"))
+    assert [(a["label"], b["label"]) for a, b in zip(by_air, by_sea)] == [
+        ("red", "blue") if d == 0 else ("blue", "red") for d in digits]
+    with pytest.raises(AppError, match="takes images only"):
+        client.predict("colours-fe", files, 2, "a sentence", api_name="/predict_batch")
 
 
 def test_compare_runs_all_four_strategies_into_the_zoo(trained, client, colours_zip, app_zoo):
