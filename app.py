@@ -959,24 +959,24 @@ def train_model(zip_path, backbone, strategy, name, image_size, epochs, batch_si
            gr.update(value=_confusion_table(result), visible=True), None, result.name)
 
 
-@friendly_errors
-def cancel_training(run: TrainingRun | None) -> str:
+def _cancel(run: TrainingRun | None, idle: str, stopping: str) -> str:
+    """Stop `run` (queued or running); the message says which, or `idle` when there is nothing to stop."""
     if not isinstance(run, TrainingRun) or run.stop.is_set() or (run.thread is not None and not run.running):
-        return "Nothing is training right now."
+        return idle
     run.stop.set()
     if run.thread is None:
         return "**Cancelled** before it started. Nothing was saved."
-    return "**Stopping…** (within a batch or two; nothing will be saved)"
+    return stopping
+
+
+@friendly_errors
+def cancel_training(run: TrainingRun | None) -> str:
+    return _cancel(run, "Nothing is training right now.", "**Stopping…** (within a batch or two; nothing will be saved)")
 
 
 @friendly_errors
 def cancel_compare(run: TrainingRun | None) -> str:
-    if not isinstance(run, TrainingRun) or run.stop.is_set() or (run.thread is not None and not run.running):
-        return "No comparison is running right now."
-    run.stop.set()
-    if run.thread is None:
-        return "**Cancelled** before it started. Nothing was saved."
-    return "**Stopping…** (the runs that finished stay in the zoo)"
+    return _cancel(run, "No comparison is running right now.", "**Stopping…** (the runs that finished stay in the zoo)")
 
 
 def _results_text(result) -> str:
@@ -1091,18 +1091,17 @@ def compare_strategies(zip_path: str | None, backbone: str, budget_seconds, imag
     run.start(compare, data=dataset, backbone=backbone, budget_seconds=budget, image_size=size, name=name)
     progress(0, desc="Measuring the data (auto's advice)")
     yield "**Starting…**", "", gr.skip(), gr.skip(), run, None
-    current, shown, finished = "auto's advice", time.monotonic(), []
+    current, announced, shown, finished = "auto's advice", None, time.monotonic(), []
     try:
         while run.running or not run.events.empty():
             reports = run.reports(wait=0.25)
+            grown = False
             for event in reports:
                 if event.stage == "compare" and event.done < event.total:
                     current = event.message
                 if event.stage == "compare-row":  # a run finished: its row shows at once
                     finished.append(event.metrics)
-                    yield (f"**Running** · {event.message} · {time.monotonic() - started:.0f} s elapsed", "",
-                           _partial_frame(finished), gr.skip(), gr.skip(), gr.skip())
-                    shown = time.monotonic()
+                    grown = True
             reports = [event for event in reports if event.stage != "compare-row"]
             if reports:
                 last = reports[-1]
@@ -1111,9 +1110,11 @@ def compare_strategies(zip_path: str | None, backbone: str, budget_seconds, imag
                 else:
                     progress((last.done, max(last.total, 1)), desc=f"{current}: {_stage_label(last.stage)}",
                              unit=_stage_unit(last.stage))
-            if time.monotonic() - shown > 1.0:
-                yield (f"**Running {current}** · {time.monotonic() - started:.0f} s elapsed", *[gr.skip()] * 5)
-                shown = time.monotonic()
+            # the status when a run starts or finishes, and once a second in between
+            if grown or current != announced or time.monotonic() - shown > 1.0:
+                yield (f"**Running {current}** · {time.monotonic() - started:.0f} s elapsed", "",
+                       _partial_frame(finished) if grown else gr.skip(), *[gr.skip()] * 3)
+                announced, shown = current, time.monotonic()
         run.thread.join()
     finally:
         if run.running:  # the page went away: stop; the runs that finished stay in the zoo

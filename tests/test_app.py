@@ -625,7 +625,8 @@ def test_cancel_stops_a_comparison_and_keeps_the_finished_runs(trained, client, 
         assert time.monotonic() < deadline and not job.done(), job.outputs()[-1:] or job.status()
         time.sleep(0.2)
     # each finished run's row shows as soon as it ends, before the whole comparison does
-    partial = [update[2] for update in job.outputs() if update[0].startswith("**Running** ·")]
+    partial = [update[2] for update in job.outputs()
+               if update[0].startswith("**Running") and isinstance(update[2], dict) and update[2].get("data")]
     shown = [row["strategy"] for row in table_rows(partial[-1])] if partial else []
     assert shown[:2] == ["feature-extractor", "shallow"], shown  # fine-tune may have finished too by now
     assert all(0 <= row["accuracy"] <= 1 and row["model"] for row in table_rows(partial[-1]))

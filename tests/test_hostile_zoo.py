@@ -12,10 +12,8 @@ that is no longer the one under that name. Through `zoo.predict` and through the
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import torch
 import zoo.predict as predicting
 import zoo.store as store
 from conftest import ASSETS
+from test_app import serving  # the app launched in this process, as the app tests do
 from zoo import ZooError
 from zoo.predict import ModelCache, predict
 from zoo.store import remove_model, save_model
@@ -157,27 +156,6 @@ def test_replaced_while_loading_answers_from_the_new_version_only(zoo, monkeypat
 
 
 # --- through the app's /predict ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serving(zoo: Path) -> Iterator[str]:
-    """The app launched in this process over `zoo` (as tests/test_app.py does); yields its URL."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ZOO_DIR", str(zoo))
-        import app
-
-        _, url, _ = app.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                                    quiet=True, **app.launch_options())
-        try:
-            yield url
-        finally:
-            app.demo.close()
 
 
 def test_app_predict_of_a_model_another_user_deletes_meanwhile_is_a_clear_error(zoo, monkeypatch, capfd):
