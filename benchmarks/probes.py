@@ -28,7 +28,7 @@ ARCH = "tf_efficientnet_lite0"
 
 def pretrained_backbone(num_classes: int = 0):
     """lite0 with the bundled ImageNet weights (the same file our fits use), as a stock timm model."""
-    from zoo.weights import resolve_weights
+    from zoo.catalog import resolve_weights
 
     weights = resolve_weights(ARCH)
     return timm.create_model(ARCH, pretrained=True, num_classes=num_classes,

@@ -52,7 +52,7 @@ def main() -> None:
         data = make_digits(work / "digits", limit=300 if args.quick else None)
         if args.quick:
             args.repeats = 1
-        subprocess.run([sys.executable, "-c", "from zoo.weights import resolve_weights; resolve_weights('tf_efficientnet_lite0')"],
+        subprocess.run([sys.executable, "-c", "from zoo.catalog import resolve_weights; resolve_weights('tf_efficientnet_lite0')"],
                        env=env, check=True)  # one-time conversion of the bundled weights, not timed
         rows = measure(args, data, work, env)
     finally:

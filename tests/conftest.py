@@ -13,11 +13,15 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from app_helpers import COLOURS, colour_image, colour_zip, serving, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets"
@@ -64,3 +68,49 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
     """`python -m ...` exactly as a user types it."""
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
                           cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+# --- the app, served in this process: one per test module that asks for it ---------------------------
+
+
+@pytest.fixture(scope="module")
+def app_zoo(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("app-zoo")
+
+
+@pytest.fixture(scope="module")
+def url(app_zoo) -> Iterator[str]:
+    with serving(app_zoo) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    from gradio_client import Client
+
+    return Client(url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def colours_zip(tmp_path_factory) -> Path:
+    return colour_zip(tmp_path_factory.mktemp("upload") / "colours.zip")
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory) -> dict[str, Path]:
+    """One new picture per colour, never seen in training."""
+    folder = tmp_path_factory.mktemp("held-out")
+    paths = {}
+    for colour in COLOURS:
+        paths[colour] = folder / f"new-{colour}.png"
+        colour_image(colour, seed=10_000 + len(paths), size=56).save(paths[colour])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def trained(client, colours_zip, app_zoo):
+    """One fine-tune of the uploaded zip through the app: (every yielded update, the final outputs, seconds)."""
+    started = time.monotonic()
+    job = train(client, colours_zip, name="colours-fe")
+    updates = list(job)
+    return updates, job.result(), time.monotonic() - started

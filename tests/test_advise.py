@@ -19,19 +19,17 @@ from pathlib import Path
 import pytest
 
 from conftest import ASSETS, run_cli
-from transfer.advise import (
+from transfer.advise import advise
+from transfer.decide import (
     DEPTH_MARGIN,
     LARGE_PER_CLASS,
     SCRATCH_PER_CLASS,
     SHIFT_SIMILAR,
-    SPEED_MIN_SECONDS,
-    SPEED_RANGE,
     SimilarityMeasure,
     SizeMeasure,
-    advise,
     choose_strategy,
-    stratified_sample,
 )
+from transfer.measure import SPEED_MIN_SECONDS, SPEED_RANGE, stratified_sample
 from transfer.data import load_dataset
 from transfer.strategies import STRATEGIES, estimate_pass_seconds, estimate_seconds
 
@@ -227,16 +225,16 @@ def test_the_estimates_leave_out_the_cached_pass_and_allow_for_the_measured_spee
 
 
 def test_a_long_enough_pass_measures_this_machines_speed():
-    from transfer.advise import _pass_measurements
+    from transfer.measure import pass_measurements
 
     lite0 = SimpleNamespace(architecture="tf_efficientnet_lite0")
     long_pass = SimpleNamespace(images=2000, feature_shift=lambda: 0.1)
     modelled = estimate_pass_seconds(2000, image_size=224)
     assert modelled >= SPEED_MIN_SECONDS
-    assert _pass_measurements(long_pass, 2 * modelled, 224, lite0)["speed"] == 2.0
-    assert _pass_measurements(long_pass, 1000 * modelled, 224, lite0)["speed"] == SPEED_RANGE[1]  # clamped
+    assert pass_measurements(long_pass, 2 * modelled, 224, lite0)["speed"] == 2.0
+    assert pass_measurements(long_pass, 1000 * modelled, 224, lite0)["speed"] == SPEED_RANGE[1]  # clamped
     short_pass = SimpleNamespace(images=40, feature_shift=lambda: 0.1)
-    assert _pass_measurements(short_pass, 5.0, 64, lite0)["speed"] is None
+    assert pass_measurements(short_pass, 5.0, 64, lite0)["speed"] is None
 
 
 def test_estimates_scale_with_the_speed():

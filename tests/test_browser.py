@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from test_app import COLOURS, colour_image, colour_zip, serving
+from app_helpers import COLOURS, colour_image, colour_zip, serving
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).parent / "screenshots"

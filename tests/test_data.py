@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from transfer import DataError
-from transfer.data import decode_images, load_dataset
+from transfer.data import load_dataset
+from transfer.loading import decode_images
 
 
 def make_folder(root: Path, counts: dict[str, int], size=(24, 24)) -> Path:

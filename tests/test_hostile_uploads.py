@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from transfer import DataError
-from transfer.data import Limits, decode_images, load_dataset
+from transfer.data import Limits, load_dataset
+from transfer.loading import decode_images
 from zoo import ZooError
 from zoo.images import ImageError, open_image
 
@@ -191,7 +192,7 @@ class _Payload:
 
 def test_pickled_weights_are_never_unpickled(tmp_path, zoo_path, digits_small):
     from transfer.fit import fit
-    from zoo.store import load_model
+    from zoo.catalog import load_model
 
     result = fit(digits_small, strategy="feature-extractor", image_size=32, zoo=zoo_path, name="pickle-target")
     marker = tmp_path / "code-ran"

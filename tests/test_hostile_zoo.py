@@ -21,12 +21,13 @@ import pytest
 import torch
 
 import zoo.predict as predicting
-import zoo.store as store
+import zoo.catalog as catalog
 from conftest import ASSETS
-from test_app import serving  # the app launched in this process, as the app tests do
+from app_helpers import serving  # the app launched in this process, as the app tests do
 from zoo import ZooError
 from zoo.predict import ModelCache, predict
-from zoo.store import remove_model, save_model
+from zoo.catalog import remove_model
+from zoo.store import save_model
 
 IMAGES = sorted(str(p) for p in (ASSETS / "digits").glob("*/*.png"))[:2]
 
@@ -131,8 +132,8 @@ def test_replaced_while_a_prediction_runs_gives_no_stale_answer(zoo, monkeypatch
 
 
 def test_deleted_while_loading_fails_cleanly(zoo, monkeypatch):
-    gate = Gate(store.load_folder_model, before=True)
-    monkeypatch.setattr(store, "load_folder_model", gate)
+    gate = Gate(catalog.load_folder_model, before=True)
+    monkeypatch.setattr(catalog, "load_folder_model", gate)
     request = in_background(lambda: predict("m", IMAGES, zoo=zoo, cache=ModelCache()))
     gate.wait()  # the entry was read; the weights are about to be
     remove_model("m", zoo=zoo)
@@ -144,8 +145,8 @@ def test_deleted_while_loading_fails_cleanly(zoo, monkeypatch):
 
 
 def test_replaced_while_loading_answers_from_the_new_version_only(zoo, monkeypatch):
-    gate = Gate(store.load_folder_model, before=True)
-    monkeypatch.setattr(store, "load_folder_model", gate)
+    gate = Gate(catalog.load_folder_model, before=True)
+    monkeypatch.setattr(catalog, "load_folder_model", gate)
     request = in_background(lambda: predict("m", IMAGES, zoo=zoo, cache=ModelCache()))
     gate.wait()  # holding the OLD spec (two classes), about to read weights
     save_tiny(zoo, ("x", "y", "z"), bias=5.0, overwrite=True)

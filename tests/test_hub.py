@@ -28,7 +28,7 @@ from transfer.fit import fit
 from zoo import ZooError
 from zoo.hub import list_hub_models, pull_model, push_model
 from zoo.predict import predict
-from zoo.store import list_entries, read_entry
+from zoo.catalog import list_entries, read_entry
 
 MODEL_FILES = ["README.md", "config.json", "model.safetensors", "transfer.json"]
 TOKEN = "hf_FakeTokenForTests0123456789abcdef"
@@ -220,7 +220,7 @@ def test_a_timm_model_on_the_hub_is_a_backbone_and_needs_no_network_once_cached(
         "import sys\n"
         "from zoo import ZooError\n"
         "from zoo.predict import predict\n"
-        "from zoo.weights import resolve_weights\n"
+        "from zoo.catalog import resolve_weights\n"
         "print(resolve_weights('hf-hub:someone/tiny-net').source)\n"  # from the Hugging Face cache
         "print(predict('on-tiny', [sys.argv[1]], zoo=sys.argv[2])[0][0]['label'])\n"
         "try:\n"

@@ -15,7 +15,7 @@ import torch
 from conftest import ASSETS, run_python
 from transfer import Cancelled
 from transfer.fit import fit
-from zoo.store import list_entries
+from zoo.catalog import list_entries
 
 NETWORK = dict(image_size=32, epochs=6, batch_size=16)
 
@@ -111,7 +111,8 @@ def test_bundled_weights_are_real_imagenet_weights(zoo_path):
 
     from zoo.images import open_image
     from zoo.model import ModelSpec, center_crop_uint8, normalize
-    from zoo.weights import create_backbone, resolve_weights
+    from zoo.catalog import resolve_weights
+    from zoo.weights import create_backbone
 
     weights = resolve_weights("tf_efficientnet_lite0", zoo=zoo_path)
     assert weights.source == "bundled" and weights.file.suffix == ".safetensors"
@@ -130,7 +131,8 @@ def test_bundled_weights_are_real_imagenet_weights(zoo_path):
 def test_stem_learns_10_to_20_times_slower_than_the_head(zoo_path):
     from transfer.strategies import STRATEGIES
     from transfer.train import NetworkConfig, make_optimizer
-    from zoo.weights import create_backbone, resolve_weights
+    from zoo.catalog import resolve_weights
+    from zoo.weights import create_backbone
 
     plan = STRATEGIES["fine-tune"]
     model = create_backbone(resolve_weights("tf_efficientnet_lite0", zoo=zoo_path), num_classes=10)

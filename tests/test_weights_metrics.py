@@ -9,7 +9,8 @@ import torch
 
 from transfer.metrics import classification_metrics
 from zoo import ZooError
-from zoo.weights import create_backbone, resolve_weights
+from zoo.catalog import resolve_weights
+from zoo.weights import create_backbone
 
 
 def test_local_safetensors_file_with_its_architecture(zoo_path, tmp_path):

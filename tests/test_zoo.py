@@ -29,17 +29,9 @@ from transfer.fit import fit
 from zoo import ZooError
 from zoo.builtin_models import restore_builtin
 from zoo.predict import ModelCache, predict, probabilities
-from zoo.store import (
-    export_model,
-    import_model,
-    list_entries,
-    load_model,
-    read_entry,
-    remove_model,
-    rename_model,
-    save_model,
-    validate_name,
-)
+from zoo.archives import export_model, import_model
+from zoo.catalog import list_entries, load_model, read_entry, remove_model, rename_model
+from zoo.store import save_model, validate_name
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 DIGIT_IMAGES = sorted(str(p) for p in (ASSETS / "digits").glob("*/*.png"))[::25]  # 8 images, classes 0-9
@@ -54,7 +46,7 @@ def digits_model(digits_small, zoo_path):
 @pytest.fixture(scope="module")
 def converted_weights(zoo_path) -> Path:
     """The bundled weights converted to safetensors once; fresh zoos get a copy (else each converts)."""
-    from zoo.weights import resolve_weights
+    from zoo.catalog import resolve_weights
 
     return resolve_weights("tf_efficientnet_lite0", zoo=zoo_path).file.parent
 
@@ -114,7 +106,7 @@ def test_listing_the_zoo_does_not_load_pytorch(digits_model, zoo_path):
     """`python -m zoo list` answers at once: every spec is validated without importing torch (the
     first listing of a new zoo writes the built-ins' descriptions, which reads timm's ImageNet names once)."""
     list_entries(zoo=zoo_path)
-    code = ("import sys\nfrom zoo.store import list_entries\n"
+    code = ("import sys\nfrom zoo.catalog import list_entries\n"
             "entries = list_entries(zoo=sys.argv[1])\n"
             "print(sorted(e.name for e in entries if not e.damaged), 'torch' in sys.modules)\n")
     done = run_python(code, str(zoo_path))

@@ -12,7 +12,7 @@ from conftest import ASSETS, run_cli
 from test_text import xor_dir  # noqa: F401  (a fixture: test_text's image+text task, reused)
 from transfer.fit import fit
 from zoo.predict import predict
-from zoo.store import list_entries
+from zoo.catalog import list_entries
 
 IMAGES = [str(ASSETS / "digits" / "3" / "0003.png"), str(ASSETS / "photos" / "cat.jpg")]
 

@@ -11,7 +11,7 @@ input: a one-line message on stderr and exit code 2; a cancelled run (Ctrl-C) ex
 nothing (a comparison keeps the runs that had finished).
 """
 
-from zoo._malloc import tune_malloc
+from zoo.malloc import tune_malloc
 
 tune_malloc()  # before torch is imported: 2-3x on small CPUs
 

@@ -19,7 +19,7 @@ early and keeps its best epoch (the row says so).
 Each run is saved in the zoo as `<id>-<strategy>`, its transfer.json marked
 `"comparison": {"id", "siblings", "budget_seconds", "advised"}`, so the comparison can be rebuilt from
 the zoo alone (`load_comparison`). The table and a bar chart (PNG, drawn with Pillow) are also written
-to `<zoo>/cache/comparisons/<id>/`; they are derived, and rebuilt from the siblings when missing.
+to `<zoo>/cache/comparisons/<id>/` (the chart: `transfer.chart`); they are derived, and rebuilt from the siblings when missing.
 A cancelled comparison keeps the runs that finished (each a complete model) and saves nothing of
 the one that was running.
 """
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -38,12 +37,15 @@ from pathlib import Path
 from typing import Any
 
 from transfer import DataError
+from transfer.chart import draw_chart
 from transfer.data import Dataset, load_dataset
-from transfer.strategies import STRATEGIES
-from transfer.train import Progress, ProgressCallback, Run
+from transfer.progress import Progress, ProgressCallback, Run
+from transfer.strategies import STRATEGIES, image_size_for
 from zoo import ZooError, zoo_dir
-from zoo.store import list_entries, validate_name
-from zoo.weights import DEFAULT_BACKBONE, resolve_weights
+from zoo.catalog import list_entries, resolve_weights
+from zoo.files import write_bytes_atomically
+from zoo.store import validate_name
+from zoo.weights import DEFAULT_BACKBONE
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +150,7 @@ def compare(
     name: the comparison's id, and the prefix of its models' names (default: DATA-TIMESTAMP).
     image_size / epochs: passed to every fit (None: each strategy's default).
     """
-    from transfer.advise import advise, estimate_fits, native_size
+    from transfer.advise import advise, estimate_fits
     from transfer.fit import fit
 
     started = time.monotonic()
@@ -164,7 +166,7 @@ def compare(
     advice = advise(dataset, backbone=backbone, zoo=zoo, image_size=image_size, epochs=epochs,
                     budget_seconds=budget_seconds, batch_size=batch_size, progress=progress, should_stop=should_stop)
     weights = resolve_weights(backbone, zoo=zoo)
-    frozen_size = image_size or native_size(weights)
+    frozen_size = image_size_for("feature-extractor", image_size, weights.native_size)
     cached_size = frozen_size if advice.size["size_class"] == "small" else None  # the advice's pass
     marker = {"id": comparison_id, "siblings": list(names.values()), "budget_seconds": budget_seconds,
               "advised": advice.strategy}
@@ -281,8 +283,8 @@ def save_artifacts(comparison: Comparison, *, zoo: str | Path | None = None) -> 
     folder = comparison_folder(comparison.id, zoo=zoo)
     folder.mkdir(parents=True, exist_ok=True)
     comparison.folder, comparison.chart = folder, folder / "chart.png"
-    _write_atomically(folder / "comparison.json", json.dumps(comparison.to_json(), indent=2).encode())
-    _write_atomically(comparison.chart, draw_chart(comparison))
+    write_bytes_atomically(folder / "comparison.json", json.dumps(comparison.to_json(), indent=2).encode())
+    write_bytes_atomically(comparison.chart, draw_chart(comparison))
 
 
 def load_comparison(comparison_id: str, *, zoo: str | Path | None = None) -> Comparison:
@@ -331,57 +333,3 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(content)
-    os.replace(temporary, path)
-
-
-# --- the chart --------------------------------------------------------------------------------------------
-
-CHART_COLOURS = {"accuracy": (52, 101, 164), "macro-F1": (237, 137, 54)}
-
-
-def draw_chart(comparison: Comparison) -> bytes:
-    """A horizontal bar chart as PNG bytes: accuracy and macro-F1 per strategy, with seconds and
-    trainable parameters beside each (Pillow only; the app charts from the same data)."""
-    import io
-
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.load_default(size=14)
-    label_width, bar_width, note_width, row_height = 150, 360, 230, 46
-    width = label_width + bar_width + note_width
-    height = 60 + row_height * len(comparison.rows) + 30
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((10, 10), f"{comparison.dataset}: {len(comparison.rows)} strategies, one split", fill="black", font=font)
-    legend_x = 10
-    for metric, colour in CHART_COLOURS.items():
-        draw.rectangle((legend_x, 34, legend_x + 12, 46), fill=colour)
-        draw.text((legend_x + 18, 32), metric, fill="black", font=font)
-        legend_x += 110
-    for index, row in enumerate(comparison.rows):
-        top = 60 + index * row_height
-        label = row.strategy + (" (auto)" if row.strategy == comparison.advised else "")
-        draw.text((10, top + 12), label, fill="black", font=font)
-        if row.error:
-            draw.text((label_width, top + 12), "failed", fill=(180, 0, 0), font=font)
-            continue
-        for offset, (metric, value) in enumerate((("accuracy", row.accuracy), ("macro-F1", row.macro_f1))):
-            y = top + 4 + offset * 18
-            draw.rectangle((label_width, y, label_width + int(bar_width * (value or 0)), y + 14),
-                           fill=CHART_COLOURS[metric])
-            draw.text((label_width + int(bar_width * (value or 0)) + 4, y - 1), f"{value:.3f}", fill="black", font=font)
-        note = f"{row.seconds:.1f} s, {row.trainable_parameters:,} trained"
-        draw.text((label_width + bar_width + 50, top + 12), note, fill=(60, 60, 60), font=font)
-    axis_y = 60 + row_height * len(comparison.rows)
-    draw.line((label_width, 56, label_width, axis_y), fill="grey")
-    for tick in (0.0, 0.5, 1.0):
-        x = label_width + int(bar_width * tick)
-        draw.text((x - 8, axis_y + 6), f"{tick:g}", fill="grey", font=font)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()

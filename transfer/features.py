@@ -18,12 +18,15 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import safetensors.torch
 import torch
 
-from transfer.data import Dataset, content_hashes, decode_images, drop_failed
-from transfer.train import Progress, Run, eval_crops
+from transfer.data import Dataset, drop_failed
+from transfer.loading import content_hashes, decode_images
+from transfer.progress import Progress, Run
+from transfer.train import eval_crops
 from zoo import zoo_dir
 from zoo.model import ModelSpec, fused_for_inference, normalize
 from zoo.weights import Weights
@@ -246,3 +249,16 @@ def cached_text_inputs(encoder: str, texts: list[str | None], *, zoo: str | Path
         return vectors[[row_of[h] for h in hashes]]
 
     return prepare_texts(encoder, texts, embed=embed)
+
+
+def split_texts(dataset: Dataset, encoder: str, zoo, run: Run) -> dict[str, Any]:
+    """{split: TextInputs} aligned with the dataset's (final) splits; frozen encoders use the cache."""
+    run.report(Progress("text", 0, 1, message=f"encoding texts ({encoder})"))
+    samples = dataset.train + dataset.val + dataset.test
+    inputs = cached_text_inputs(encoder, [sample.text for sample in samples], zoo=zoo)
+    per_split, row = {}, 0
+    for split, members in dataset.splits().items():
+        per_split[split] = inputs.select(range(row, row + len(members)))
+        row += len(members)
+    run.report(Progress("text", 1, 1, message="texts encoded"))
+    return per_split

@@ -2,11 +2,10 @@
 
     result = fit("digits/", strategy="shallow", image_size=64)
 
-Frozen strategies (feature-extractor, shallow) never run the backbone more than once per image:
-its features come from the cache (`transfer.features`) or from one streamed pass that fills it.
-Trainable strategies (fine-tune, from-scratch) decode each image once, keep it in memory at the
-fit's size, and augment from there every epoch. The reported metrics come from the held-out
-`test/` split when there is one, else from validation (and the result says which).
+The strategy's own work is `transfer.frozen` (feature-extractor, shallow: a head on cached
+features) or `transfer.trainable` (fine-tune, from-scratch: every layer trains). This module
+chooses (auto: `transfer.advise`), builds the spec, measures and saves. The reported metrics come
+from the held-out `test/` split when there is one, else from validation (and the result says which).
 """
 
 from __future__ import annotations
@@ -24,30 +23,19 @@ from typing import Any
 import torch
 
 from transfer import DataError
-from transfer.data import Dataset, decode_images, drop_failed, load_dataset
-from transfer.features import Features, cache_key, cached_features, cached_text_inputs
+from transfer.data import Dataset, load_dataset
+from transfer.frozen import fit_frozen
 from transfer.metrics import classification_metrics
-from transfer.strategies import HEAD_EPOCHS, WARMUP_HEAD_EPOCHS, Strategy, get_strategy
-from transfer.train import (
-    HeadConfig,
-    NetworkConfig,
-    Progress,
-    ProgressCallback,
-    Run,
-    eval_crops,
-    predict_logits,
-    train_fusion_head,
-    train_linear_head,
-    train_network,
-)
-from zoo import ZooError
-from zoo.model import ImageTextClassifier, ModelSpec, count_parameters, text_settings
-from zoo.text import DEFAULT_ENCODER as DEFAULT_TEXT_ENCODER
+from transfer.progress import Progress, ProgressCallback, Run
+from transfer.strategies import Strategy, get_strategy, image_size_for
+from transfer.trainable import fit_network
+from zoo.catalog import resolve_weights
+from zoo.model import ModelSpec, count_parameters, text_settings
 from zoo.store import save_model, validate_name
-from zoo.weights import DEFAULT_BACKBONE, Weights, create_backbone, package_version, random_weights, resolve_weights
+from zoo.text import DEFAULT_ENCODER as DEFAULT_TEXT_ENCODER
+from zoo.weights import DEFAULT_BACKBONE, Weights, package_version, random_weights
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -133,9 +121,7 @@ def fit(
                         batch_size=batch_size, progress=progress, should_stop=should_stop).to_json()
         plan = get_strategy(advice["strategy"])
     weights = _weights_for(plan, backbone, zoo)
-    size = image_size or plan.image_size or int(weights.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
-    if not 16 <= size <= 1024:
-        raise DataError(f"image size {size} px is out of range; use 16-1024 (for example 224)")
+    size = image_size_for(plan, image_size, weights.native_size)
     spec = ModelSpec.for_weights(weights, dataset.classes, image_size=size)
     encoder = _text_encoder_for(dataset, text_encoder)
     if encoder:
@@ -145,9 +131,9 @@ def fit(
     run.report(Progress("start", 0, 1, message=f"{plan.name} on {len(dataset.train)} training images"))
 
     if plan.trains_backbone:
-        model, spec, outcome = _fit_network(dataset, weights, spec, plan, epochs, batch_size, zoo, run)
+        model, spec, outcome = fit_network(dataset, weights, spec, plan, epochs, batch_size, zoo, run)
     else:
-        model, spec, outcome = _fit_frozen(dataset, weights, spec, plan, epochs, batch_size, zoo, run)
+        model, spec, outcome = fit_frozen(dataset, weights, spec, plan, epochs, batch_size, zoo, run)
 
     # metrics on the held-out test split when there is one, else on validation
     split = "test" if dataset.test else "val"
@@ -193,125 +179,6 @@ def fit(
     )
 
 
-@dataclass
-class _Outcome:
-    logits: dict[str, torch.Tensor]  # per split: (N, classes) from the final model
-    labels: dict[str, list[int]]
-    history: list[dict[str, Any]]
-    epochs: int | None
-    data_fingerprint: str
-    details: dict[str, Any] = field(default_factory=dict)
-    parameters: tuple[int, int] | None = None  # (trainable, total) when the model itself does not say
-    ablation: dict[str, float] | None = None
-
-
-# --- frozen strategies: a head on cached features -----------------------------------------------------
-
-
-def _fit_frozen(dataset, weights, spec, plan: Strategy, epochs, batch_size, zoo, run: Run):
-    model = create_backbone(weights).eval().to(memory_format=torch.channels_last)
-    features, labels, fingerprint = cached_features(dataset, model, weights, spec, batch_size, zoo, run)
-    head_config = HeadConfig(lr=plan.lr, max_epochs=epochs or HEAD_EPOCHS)
-    class_weights = dataset.class_weights()
-
-    def probe(select: Callable[[Features], torch.Tensor], stage: str):
-        return train_linear_head(
-            select(features["train"]), torch.tensor(labels["train"]), select(features["val"]),
-            torch.tensor(labels["val"]), num_classes=spec.num_classes, class_weights=class_weights,
-            config=head_config, run=run, stage=stage,
-        )
-
-    details: dict[str, Any] = {}
-    if plan.search_cut:
-        # one probe per stage on the cached pooled features; the best validation accuracy wins
-        # (ties go to the earlier, smaller stage)
-        stage_count = len(features["train"].stages)
-        if stage_count == 0:
-            raise ZooError(f"{weights.architecture} cannot report intermediate stages; use feature-extractor")
-        search, best = [], None
-        for k in range(stage_count):
-            head, history = probe(lambda f, k=k: f.stages[k], f"search stage {k + 1}/{stage_count}")
-            accuracy = max(row["val_accuracy"] for row in history)
-            search.append({"stage": k, "channels": int(features["train"].stages[k].shape[1]),
-                           "val_accuracy": round(accuracy, 4), "epochs": len(history)})
-            if best is None or accuracy > best[0]:
-                best = (accuracy, k, head, history)
-            run.report(Progress("search", k + 1, stage_count, message=f"stage {k}: {accuracy:.3f}"))
-        _, cut, head, history = best
-        details["cut_search"] = search
-        details["cut_stage"] = cut
-        model.prune_intermediate_layers([cut])
-        model.reset_classifier(spec.num_classes, "avg")
-        spec.cut_stage = cut
-        select = lambda f: f.stages[cut]  # noqa: E731
-    else:
-        head, history = probe(lambda f: f.final, "head") if spec.text is None else (None, [])
-        model.reset_classifier(spec.num_classes)
-        select = lambda f: f.final  # noqa: E731
-    if spec.text is not None:
-        return _fuse_on_cached(dataset, model, spec, features, labels, select, fingerprint, details, epochs, zoo, run)
-    model.get_classifier().load_state_dict(head.state_dict())
-    model.pretrained_cfg = {**model.pretrained_cfg, **spec.data_config(), "num_classes": spec.num_classes}
-    with torch.inference_mode():
-        logits = {split: head(select(features[split])) for split in ("train", "val", "test")}
-    trainable = sum(p.numel() for p in head.parameters())
-    total = sum(p.numel() for p in model.parameters())
-    log.info("training %s of %s parameters (%.2f%%): the new head", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
-    return model, spec, _Outcome(logits, labels, history, len(history), fingerprint, details,
-                                 parameters=(trainable, total))
-
-
-def _fuse_on_cached(dataset, backbone, spec, features, labels, select, fingerprint, details, epochs, zoo, run: Run):
-    """Image+text on a frozen backbone: the fusion layers train on cached image and text features."""
-    backbone.reset_classifier(0)
-    model = ImageTextClassifier(backbone, image_dim=backbone.num_features, num_classes=spec.num_classes, **spec.text)
-    text = _split_texts(dataset, spec.text["encoder"], zoo, run)
-    history = train_fusion_head(
-        model, select(features["train"]), text["train"], torch.tensor(labels["train"]), select(features["val"]),
-        text["val"], torch.tensor(labels["val"]), class_weights=dataset.class_weights(),
-        config=HeadConfig(lr=1e-3, max_epochs=epochs or HEAD_EPOCHS), run=run, stage="fusion head",
-    )
-
-    def logits_for(split: str, image: bool = True, with_text: bool = True) -> torch.Tensor:
-        inputs = text[split] if with_text else text[split].without_text()
-        present = torch.full((len(labels[split]),), image, dtype=torch.bool)
-        with torch.inference_mode():
-            return model.fuse(select(features[split]), model.encode_text(inputs), present, inputs.present)
-
-    logits = {split: logits_for(split) for split in ("train", "val", "test")}
-    ablation = _ablation(lambda image, with_text: logits_for("val", image, with_text), labels["val"])
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("image."))
-    log.info("training %s of %s parameters (%.2f%%): the fusion layers", f"{trainable:,}", f"{total:,}",
-             100 * trainable / total)
-    return model, spec, _Outcome(logits, labels, history, len(history), fingerprint, details,
-                                 parameters=(trainable, total), ablation=ablation)
-
-
-def _split_texts(dataset: Dataset, encoder: str, zoo, run: Run) -> dict[str, Any]:
-    """{split: TextInputs} aligned with the dataset's (final) splits; frozen encoders use the cache."""
-    run.report(Progress("text", 0, 1, message=f"encoding texts ({encoder})"))
-    samples = dataset.train + dataset.val + dataset.test
-    inputs = cached_text_inputs(encoder, [sample.text for sample in samples], zoo=zoo)
-    per_split, row = {}, 0
-    for split, members in dataset.splits().items():
-        per_split[split] = inputs.select(range(row, row + len(members)))
-        row += len(members)
-    run.report(Progress("text", 1, 1, message="texts encoded"))
-    return per_split
-
-
-def _ablation(logits_for: Callable[[bool, bool], torch.Tensor], labels: list[int]) -> dict[str, float]:
-    """Validation accuracy from the image alone, the text alone, and both."""
-    truth = torch.tensor(labels)
-
-    def accuracy(image: bool, with_text: bool) -> float:
-        return round((logits_for(image, with_text).argmax(1) == truth).float().mean().item(), 4)
-
-    return {"image_only": accuracy(True, False), "text_only": accuracy(False, True),
-            "image_and_text": accuracy(True, True)}
-
-
 def _text_encoder_for(dataset: Dataset, requested: str | None) -> str | None:
     """The text encoder this fit uses: None when the data has no text or text is switched off."""
     if requested == "none":
@@ -324,82 +191,6 @@ def _text_encoder_for(dataset: Dataset, requested: str | None) -> str | None:
             )
         return None
     return requested or DEFAULT_TEXT_ENCODER
-
-
-# --- trainable strategies: the whole network on images ---------------------------------------------------
-
-
-def _fit_network(dataset, weights, spec, plan: Strategy, epochs, batch_size, zoo, run: Run):
-    samples = dataset.train + dataset.val + dataset.test
-    images, hashes, errors = decode_images(
-        dataset, samples, shorter_side=spec.resized_side, should_stop=run.should_stop,
-        on_progress=lambda done, total: run.report(Progress("read", done, total, message="reading images")),
-    )
-    drop_failed(dataset, {s.relpath: error for s, error in zip(samples, errors) if error})
-    hashes = [h for h, image in zip(hashes, images) if image is not None]
-    images = [image for image in images if image is not None]
-    split_images, labels, row = {}, {}, 0
-    for split, members in dataset.splits().items():
-        split_images[split] = images[row:row + len(members)]
-        labels[split] = [sample.label for sample in members]
-        row += len(members)
-
-    backbone = create_backbone(weights, num_classes=spec.num_classes)
-    model, text = backbone, None
-    if spec.text is not None:
-        backbone.reset_classifier(0)
-        model = ImageTextClassifier(backbone, image_dim=backbone.num_features, num_classes=spec.num_classes,
-                                    **spec.text)
-        text = _split_texts(dataset, spec.text["encoder"], zoo, run)
-    history: list[dict[str, Any]] = []
-    fingerprint = cache_key(weights.fingerprint, spec, hashes)
-    if plan.head_warmup:
-        # phase 1: the head learns on the frozen backbone's features (one cached pass), so that a
-        # random head does not push the pretrained layers around at the start of phase 2
-        features, _, fingerprint = cached_features(dataset, backbone, weights, spec, batch_size, zoo, run,
-                                                    decoded=(images, hashes))
-        warmup_config = HeadConfig(lr=3e-3 if text is None else 1e-3, max_epochs=WARMUP_HEAD_EPOCHS)
-        if text is None:
-            head, warmup = train_linear_head(
-                features["train"].final, torch.tensor(labels["train"]), features["val"].final,
-                torch.tensor(labels["val"]), num_classes=spec.num_classes, class_weights=dataset.class_weights(),
-                config=warmup_config, run=run, stage="warm-up",
-            )
-            model.get_classifier().load_state_dict(head.state_dict())
-        else:
-            warmup = train_fusion_head(
-                model, features["train"].final, text["train"], torch.tensor(labels["train"]),
-                features["val"].final, text["val"], torch.tensor(labels["val"]),
-                class_weights=dataset.class_weights(), config=warmup_config, run=run, stage="warm-up",
-            )
-        history += [{**record, "phase": "warm-up"} for record in warmup]
-    # phase 2 (from-scratch: the only phase): every layer trains
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
-    config_epochs = epochs or plan.epochs
-    config = NetworkConfig(epochs=config_epochs, batch_size=batch_size, lr=plan.lr,
-                           layer_decay=plan.layer_decay, warmup_epochs=plan.warmup_epochs,
-                           freeze_bn_stats=plan.freeze_bn_stats, patience=plan.patience or config_epochs)
-    val_crops = eval_crops(split_images["val"], spec)
-    history += [{**record, "phase": "train"} for record in train_network(
-        model, split_images["train"], torch.tensor(labels["train"]), val_crops, torch.tensor(labels["val"]),
-        spec=spec, config=config, class_weights=dataset.class_weights(), run=run,
-        train_text=text["train"] if text else None, val_text=text["val"] if text else None,
-    )]
-    run.report(Progress("evaluate", 0, 1, message="evaluating"))
-    test_crops = eval_crops(split_images["test"], spec)
-    logits = {"val": predict_logits(model, val_crops, spec, text=text["val"] if text else None),
-              "test": predict_logits(model, test_crops, spec, text=text["test"] if text else None)}
-    ablation = None
-    if text is not None:
-        ablation = _ablation(
-            lambda image, with_text: predict_logits(
-                model, val_crops if image else None, spec,
-                text=text["val"] if with_text else text["val"].without_text()),
-            labels["val"],
-        )
-    details = {"lr": plan.lr, "layer_decay": plan.layer_decay}
-    return model, spec, _Outcome(logits, labels, history, config.epochs, fingerprint, details, ablation=ablation)
 
 
 # --- helpers -----------------------------------------------------------------------------------------------

@@ -83,6 +83,26 @@ STRATEGIES: dict[str, Strategy] = {
     )
 }
 
+# --- the input size -------------------------------------------------------------------------------
+IMAGE_SIZE_RANGE = (16, 1024)  # px; every setting of the image size is checked against this
+
+
+def check_image_size(size: int | None) -> int | None:
+    """`size` (None: the default), or `DataError` when it is out of range."""
+    low, high = IMAGE_SIZE_RANGE
+    if size is not None and not low <= size <= high:
+        raise DataError(f"image size {size} px is out of range; use {low}-{high} (for example 224)")
+    return size
+
+
+def image_size_for(strategy: str | Strategy, requested: int | None, native: int) -> int:
+    """The input size of a fit: what was asked for, else the strategy's own default (trainable
+    strategies: 128 px, which keeps a 500-image fine-tune near a minute on 2 cores), else the
+    backbone's native size (what its weights were trained at: 224 px for lite0)."""
+    plan = get_strategy(strategy) if isinstance(strategy, str) else strategy
+    return check_image_size(requested) or plan.image_size or native
+
+
 HEAD_EPOCHS = 200  # upper bound for head training on cached features (early stopping ends it sooner)
 WARMUP_HEAD_EPOCHS = 30  # fine-tune phase 1: enough to give the head a sensible start
 
@@ -118,19 +138,21 @@ def estimate_seconds(
     image_size: int | None = None,
     epochs: int | None = None,
     architecture: str = "tf_efficientnet_lite0",
+    native_size: int = 224,
     features_cached: bool = False,
     speed: float = 1.0,
 ) -> float:
     """Rough wall-clock seconds for a fit on a 2-core CPU, for ETAs and budgets.
 
-    num_eval: validation + test images. image_size / epochs default to the strategy's own.
+    num_eval: validation + test images. image_size / epochs default to the strategy's own
+    (`image_size_for`; native_size: the backbone's own input size).
     features_cached: the frozen features of these images at this size are already in the cache
     (e.g. `transfer.advise` just computed them), so the one backbone pass and the decoding are free.
     speed: how much slower this machine runs right now than the model assumes (measured, e.g. by
     timing a feature pass against `estimate_pass_seconds`); 2.0 doubles every figure.
     """
     plan = get_strategy(strategy)
-    size = image_size or plan.image_size or 224
+    size = image_size_for(plan, image_size, native_size)
     scale = BACKBONE_COST.get(architecture, UNKNOWN_BACKBONE_COST)
     infer = scale * (INFERENCE_SECONDS[0] + INFERENCE_SECONDS[1] * size * size)
     train = scale * (TRAIN_SECONDS[0] + TRAIN_SECONDS[1] * size * size)

@@ -14,7 +14,7 @@ line: {"image": path, "predictions": [{"label", "score"}, ...]}. Exit codes: 0 s
 input (one line on stderr, no traceback), 130 interrupted.
 """
 
-from zoo._malloc import tune_malloc
+from zoo.malloc import tune_malloc
 
 tune_malloc()  # before torch is imported: 2-3x on small CPUs
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from zoo.store import list_entries
+    from zoo.catalog import list_entries
 
     rows = [entry.summary() for entry in list_entries(zoo=args.zoo, query=args.search)]
     if args.json:
@@ -132,7 +132,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from zoo.store import read_entry
+    from zoo.catalog import read_entry
 
     entry = read_entry(args.name, zoo=args.zoo)
     row = entry.summary()
@@ -169,7 +169,10 @@ def _predict(args: argparse.Namespace) -> int:
     missing = [image for image in args.images if not Path(image).is_file()]
     if missing:
         raise ZooError(f"No such image file: {missing[0]}")
-    from zoo.predict import ModelCache, predict  # torch: only once the arguments make sense
+    from zoo.predict import (  # torch: only once the arguments make sense
+        ModelCache,
+        predict,
+    )
 
     results = predict(args.name, args.images, texts=texts, top_k=args.top_k, zoo=args.zoo, cache=ModelCache(1))
     for image, predictions in zip(args.images, results):
@@ -181,7 +184,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _rename(args: argparse.Namespace) -> int:
-    from zoo.store import rename_model
+    from zoo.catalog import rename_model
 
     path = rename_model(args.old, args.new, zoo=args.zoo)
     print(f"renamed {args.old} to {args.new} ({path})")
@@ -191,7 +194,8 @@ def _rename(args: argparse.Namespace) -> int:
 def _remove(args: argparse.Namespace) -> int:
     from zoo import zoo_dir
     from zoo.builtin_models import is_builtin
-    from zoo.store import remove_model, validate_name
+    from zoo.catalog import remove_model
+    from zoo.store import validate_name
 
     folder = zoo_dir(args.zoo) / validate_name(args.name)
     builtin = is_builtin(args.name) and not folder.is_dir()
@@ -218,14 +222,14 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from zoo.store import export_model
+    from zoo.archives import export_model
 
     print(export_model(args.name, zoo=args.zoo, output=args.output))
     return 0
 
 
 def _import(args: argparse.Namespace) -> int:
-    from zoo.store import import_model
+    from zoo.archives import import_model
 
     name = import_model(args.archive, name=args.name, zoo=args.zoo, overwrite=args.overwrite)
     print(f"imported {name}")

@@ -27,8 +27,16 @@ import uuid
 from pathlib import Path
 
 from zoo import ZooError, zoo_dir
-from zoo.store import FORMAT_VERSION, ZooEntry, _write_text
-from zoo.weights import BUNDLED, package_version
+from zoo.files import write_text
+from zoo.spec import ModelSpec
+from zoo.store import FORMAT_VERSION, ZooEntry
+from zoo.weights import (
+    BUNDLED,
+    bundled_weights,
+    create_backbone,
+    default_cfg,
+    package_version,
+)
 
 DESCRIPTION_REVISION = 1  # bump when the description below changes: cached ones are rewritten
 HIDDEN_FILE = ".hidden-builtins.json"
@@ -94,9 +102,7 @@ def builtin_entry(name: str, *, zoo: str | Path | None = None, strict: bool = Tr
 
 def builtin_model(entry: ZooEntry, *, zoo: str | Path | None = None):
     """The ImageNet classifier of built-in `entry`: the bundled weights with their own head."""
-    from zoo.weights import create_backbone, resolve_weights
-
-    model = create_backbone(resolve_weights(entry.name, zoo=zoo))  # num_classes=None keeps the head
+    model = create_backbone(bundled_weights(entry.name, zoo))  # num_classes=None keeps the head
     model.pretrained_cfg = {**model.pretrained_cfg, **entry.spec.data_config()}
     return model
 
@@ -132,10 +138,7 @@ def _description(name: str, folder: Path, package: str, version: str) -> dict:
 
 
 def _describe(name: str, package: str, version: str) -> dict:
-    from zoo.spec import ModelSpec
-    from zoo.weights import _default_cfg
-
-    cfg = _default_cfg(name)
+    cfg = default_cfg(name)
     spec = ModelSpec(architecture=name, label_names=list(imagenet_class_names()), image_size=int(cfg["input_size"][-1]),
                      mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), crop_pct=cfg["crop_pct"],
                      interpolation=cfg["interpolation"])
@@ -156,8 +159,9 @@ def _describe(name: str, package: str, version: str) -> dict:
 
 def _write_description(folder: Path, name: str, info: dict) -> None:
     """Write the three files into a staging folder and rename it into place (first writer wins)."""
-    from zoo.card import model_card
-    from zoo.spec import ModelSpec
+    from zoo.card import (
+        model_card,  # huggingface_hub's card classes: only when writing one
+    )
 
     spec = ModelSpec.from_dict(info["spec"])
     config = {"architecture": name, "num_classes": spec.num_classes, "label_names": spec.label_names,
@@ -166,9 +170,9 @@ def _write_description(folder: Path, name: str, info: dict) -> None:
     staging = folder.with_name(f".{name}-{uuid.uuid4().hex[:8]}")
     staging.mkdir()
     try:
-        _write_text(staging / "transfer.json", json.dumps(info, indent=2))
-        _write_text(staging / "config.json", json.dumps(config, indent=2))
-        _write_text(staging / "README.md", model_card(name, spec, info))
+        write_text(staging / "transfer.json", json.dumps(info, indent=2))
+        write_text(staging / "config.json", json.dumps(config, indent=2))
+        write_text(staging / "README.md", model_card(name, spec, info))
         if folder.exists():
             old = folder.with_name(f".{name}-old-{uuid.uuid4().hex[:8]}")
             os.rename(folder, old)
@@ -188,7 +192,7 @@ def _set_hidden(name: str, hidden: bool, zoo: str | Path | None) -> None:
     partial = root / f"{HIDDEN_FILE}.{uuid.uuid4().hex[:8]}"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        _write_text(partial, json.dumps(sorted(names)))
+        write_text(partial, json.dumps(sorted(names)))
         os.replace(partial, root / HIDDEN_FILE)
     except OSError as error:
         partial.unlink(missing_ok=True)

@@ -36,7 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from zoo import ZooError
+from zoo.archives import install_folder, snapshot_model
 from zoo.card import PROJECT_TAG
+from zoo.catalog import read_entry
+from zoo.files import staging_folder
 from zoo.store import (
     MAX_JSON_BYTES,
     MAX_WEIGHTS_BYTES,
@@ -44,10 +47,6 @@ from zoo.store import (
     REQUIRED_FILES,
     check_free,
     ensure_zoo,
-    install_folder,
-    read_entry,
-    snapshot_model,
-    staging_folder,
     validate_name,
 )
 
@@ -250,8 +249,8 @@ def _model_row(model, endpoint: str) -> dict[str, Any]:
 def _hub_errors(action: str, token: str | None) -> Iterator[None]:
     """huggingface_hub's exceptions -> `ZooError` saying what to do; the token never appears."""
     from huggingface_hub.errors import (
-        HFValidationError,
         HfHubHTTPError,
+        HFValidationError,
         OfflineModeIsEnabled,
         RepositoryNotFoundError,
     )

@@ -16,10 +16,8 @@ under that name; if not, the request fails with a `ZooError` that says what happ
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -31,9 +29,11 @@ import torch
 from PIL import Image
 
 from zoo import ZooError, zoo_dir
+from zoo.catalog import load_model, read_entry
+from zoo.files import file_digest
 from zoo.images import ImageSource, open_image
 from zoo.model import ModelSpec, center_crop_uint8, fused_for_inference, normalize
-from zoo.store import ZooEntry, load_model, read_entry
+from zoo.store import ZooEntry
 
 
 @dataclass
@@ -188,17 +188,7 @@ def _identity(entry: ZooEntry) -> tuple:
         return ("builtin", json.dumps(entry.info.get("builtin"), sort_keys=True))
     try:
         description = (entry.path / "transfer.json").read_bytes()
-        stat = os.stat(entry.path / "model.safetensors")
+        weights = file_digest(entry.path / "model.safetensors")
     except FileNotFoundError:
         raise ZooError(f"Model '{entry.name}' was removed or replaced just now; try again.") from None
-    version = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-    return hashlib.sha256(description).hexdigest(), _weights_digest(str(entry.path / "model.safetensors"), version)
-
-
-@functools.lru_cache(maxsize=64)
-def _weights_digest(path: str, version: tuple) -> str:  # `version` keys the memo
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return hashlib.sha256(description).hexdigest(), weights

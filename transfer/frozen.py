@@ -1,0 +1,109 @@
+"""The frozen strategies: feature-extractor and shallow, a new head on cached backbone features.
+
+Neither runs the backbone more than once per image: its features come from the cache
+(`transfer.features`) or from one streamed pass that fills it. feature-extractor trains a linear
+head on the final features; shallow probes every stage's pooled features, keeps the stage whose
+head scores best on validation data (ties: the earlier, smaller one) and cuts the backbone there
+with timm's `prune_intermediate_layers`. With text beside the images, the head is an image+text
+fusion head on the same cached features.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from transfer.features import Features, cached_features, split_texts
+from transfer.heads import HeadConfig, train_fusion_head, train_linear_head
+from transfer.outcome import Outcome, ablation
+from transfer.progress import Progress, Run
+from transfer.strategies import HEAD_EPOCHS, Strategy
+from zoo import ZooError
+from zoo.model import ImageTextClassifier
+from zoo.weights import create_backbone
+
+log = logging.getLogger(__name__)
+
+
+def fit_frozen(dataset, weights, spec, plan: Strategy, epochs, batch_size, zoo, run: Run) -> tuple[Any, Any, Outcome]:
+    """(model, spec, outcome) of a frozen strategy: the backbone (cut, for shallow) with its new head."""
+    model = create_backbone(weights).eval().to(memory_format=torch.channels_last)
+    features, labels, fingerprint = cached_features(dataset, model, weights, spec, batch_size, zoo, run)
+    head_config = HeadConfig(lr=plan.lr, max_epochs=epochs or HEAD_EPOCHS)
+    class_weights = dataset.class_weights()
+
+    def probe(select: Callable[[Features], torch.Tensor], stage: str):
+        return train_linear_head(
+            select(features["train"]), torch.tensor(labels["train"]), select(features["val"]),
+            torch.tensor(labels["val"]), num_classes=spec.num_classes, class_weights=class_weights,
+            config=head_config, run=run, stage=stage,
+        )
+
+    details: dict[str, Any] = {}
+    if plan.search_cut:
+        # one probe per stage on the cached pooled features; the best validation accuracy wins
+        # (ties go to the earlier, smaller stage)
+        stage_count = len(features["train"].stages)
+        if stage_count == 0:
+            raise ZooError(f"{weights.architecture} cannot report intermediate stages; use feature-extractor")
+        search, best = [], None
+        for k in range(stage_count):
+            head, history = probe(lambda f, k=k: f.stages[k], f"search stage {k + 1}/{stage_count}")
+            accuracy = max(row["val_accuracy"] for row in history)
+            search.append({"stage": k, "channels": int(features["train"].stages[k].shape[1]),
+                           "val_accuracy": round(accuracy, 4), "epochs": len(history)})
+            if best is None or accuracy > best[0]:
+                best = (accuracy, k, head, history)
+            run.report(Progress("search", k + 1, stage_count, message=f"stage {k}: {accuracy:.3f}"))
+        _, cut, head, history = best
+        details["cut_search"] = search
+        details["cut_stage"] = cut
+        model.prune_intermediate_layers([cut])
+        model.reset_classifier(spec.num_classes, "avg")
+        spec.cut_stage = cut
+        select = lambda f: f.stages[cut]  # noqa: E731
+    else:
+        head, history = probe(lambda f: f.final, "head") if spec.text is None else (None, [])
+        model.reset_classifier(spec.num_classes)
+        select = lambda f: f.final  # noqa: E731
+    if spec.text is not None:
+        return _fuse_on_cached(dataset, model, spec, features, labels, select, fingerprint, details, epochs, zoo, run)
+    model.get_classifier().load_state_dict(head.state_dict())
+    model.pretrained_cfg = {**model.pretrained_cfg, **spec.data_config(), "num_classes": spec.num_classes}
+    with torch.inference_mode():
+        logits = {split: head(select(features[split])) for split in ("train", "val", "test")}
+    trainable = sum(p.numel() for p in head.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    log.info("training %s of %s parameters (%.2f%%): the new head", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    return model, spec, Outcome(logits, labels, history, len(history), fingerprint, details,
+                                 parameters=(trainable, total))
+
+
+def _fuse_on_cached(dataset, backbone, spec, features, labels, select, fingerprint, details, epochs, zoo, run: Run):
+    """Image+text on a frozen backbone: the fusion layers train on cached image and text features."""
+    backbone.reset_classifier(0)
+    model = ImageTextClassifier(backbone, image_dim=backbone.num_features, num_classes=spec.num_classes, **spec.text)
+    text = split_texts(dataset, spec.text["encoder"], zoo, run)
+    history = train_fusion_head(
+        model, select(features["train"]), text["train"], torch.tensor(labels["train"]), select(features["val"]),
+        text["val"], torch.tensor(labels["val"]), class_weights=dataset.class_weights(),
+        config=HeadConfig(lr=1e-3, max_epochs=epochs or HEAD_EPOCHS), run=run, stage="fusion head",
+    )
+
+    def logits_for(split: str, image: bool = True, with_text: bool = True) -> torch.Tensor:
+        inputs = text[split] if with_text else text[split].without_text()
+        present = torch.full((len(labels[split]),), image, dtype=torch.bool)
+        with torch.inference_mode():
+            return model.fuse(select(features[split]), model.encode_text(inputs), present, inputs.present)
+
+    logits = {split: logits_for(split) for split in ("train", "val", "test")}
+    measured = ablation(lambda image, with_text: logits_for("val", image, with_text), labels["val"])
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("image."))
+    log.info("training %s of %s parameters (%.2f%%): the fusion layers", f"{trainable:,}", f"{total:,}",
+             100 * trainable / total)
+    return model, spec, Outcome(logits, labels, history, len(history), fingerprint, details,
+                                 parameters=(trainable, total), ablation=measured)
