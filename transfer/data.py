@@ -14,6 +14,7 @@ fit, which reports any file that fails then.
 from __future__ import annotations
 
 import random
+import statistics
 import zipfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -28,7 +29,7 @@ from transfer.uploads import (
     Limits,
     ReadBudget,
     UnreadableEntry,
-    header_problems,
+    image_headers,
     junk_or_reason,
     list_folder,
     list_zip,
@@ -58,6 +59,7 @@ class Dataset:
     prefix: str = ""  # the wrapping folder inside a zip/folder, if any ("" for none)
     limits: Limits = field(default_factory=Limits)
     text_report: dict = field(default_factory=dict)  # image+text data: what matched, what did not
+    median_side: int | None = None  # px: the median shorter side of the usable images (from their headers)
 
     @property
     def has_text(self) -> bool:
@@ -138,6 +140,7 @@ class Dataset:
             "warnings": self.warnings,
             "has_text": self.has_text,
             "text_report": self.text_report,
+            "median_side": self.median_side,
         }
 
 
@@ -273,18 +276,22 @@ def stratified_split(samples: list[Sample], val_fraction: float, seed: int) -> t
 
 
 def _check_headers(dataset: Dataset) -> None:
-    """Open each image's header (no pixel decoding): drops non-images, bombs and unreadable files."""
+    """Open each image's header (no pixel decoding): drops non-images, bombs and unreadable files,
+    and notes the images' median shorter side (what the default input size is chosen from)."""
     kept: dict[str, list[Sample]] = {}
+    sides: list[int] = []
     limit = dataset.limits.max_pixels
     for split, samples in dataset.splits().items():
         kept[split] = []
         paths = [dataset.prefix + sample.relpath for sample in samples]
-        for sample, reason in zip(samples, header_problems(dataset.source, paths, limit)):
+        for sample, (reason, size) in zip(samples, image_headers(dataset.source, paths, limit)):
             if reason:
                 dataset.skipped.append((sample.relpath, reason))
             else:
                 kept[split].append(sample)
+                sides.append(min(size))
     dataset.train, dataset.val, dataset.test = kept["train"], kept["val"], kept["test"]
+    dataset.median_side = round(statistics.median(sides)) if sides else None
 
 
 def _attach_captions(dataset: Dataset, metadata: list[str]) -> None:

@@ -95,12 +95,47 @@ def check_image_size(size: int | None) -> int | None:
     return size
 
 
-def image_size_for(strategy: str | Strategy, requested: int | None, native: int) -> int:
-    """The input size of a fit: what was asked for, else the strategy's own default (trainable
+NETWORK_STRIDE = 32  # px: how much the usual timm CNN (lite0 among them) shrinks its input by its last stage
+MIN_CHOSEN_SIZE = 2 * NETWORK_STRIDE  # px: the smallest size chosen from the images: the last stage still
+# sees a 2x2 map (on 8x8 digits shallow scores 0.986 at 64 px; feature-extractor 0.89 at 32 px, 0.95 at 64)
+
+
+def image_size_for(strategy: str | Strategy, requested: int | None, native: int, median_side: int | None = None) -> int:
+    """The input size of a fit: what was asked for; else, when the images' median shorter side is
+    known (`transfer.data.Dataset.median_side`, read from their headers), that side rounded to a
+    multiple of the network's stride, at least `MIN_CHOSEN_SIZE` and at most the strategy's cap;
+    else the cap itself. The cap keeps CPU time in hand: the strategy's own size (trainable
     strategies: 128 px, which keeps a 500-image fine-tune near a minute on 2 cores), else the
     backbone's native size (what its weights were trained at: 224 px for lite0)."""
     plan = get_strategy(strategy) if isinstance(strategy, str) else strategy
-    return check_image_size(requested) or plan.image_size or native
+    if check_image_size(requested):
+        return requested
+    cap = plan.image_size or native
+    if not median_side:
+        return cap
+    return min(cap, max(MIN_CHOSEN_SIZE, NETWORK_STRIDE * round(median_side / NETWORK_STRIDE)))
+
+
+def describe_image_size(sizes: dict[str, int], requested: int | None, median_side: int | None) -> str:
+    """One plain sentence: the input size(s) of `sizes` ({strategy: px}, from `image_size_for`) and why."""
+    frozen = sorted({px for name, px in sizes.items() if not STRATEGIES[name].trains_backbone})
+    trained = sorted({px for name, px in sizes.items() if STRATEGIES[name].trains_backbone})
+    read_at = " and ".join(f"{px} px" for px in sorted({*frozen, *trained}))
+    if frozen and trained and frozen != trained:
+        read_at = (f"{' and '.join(f'{px} px' for px in frozen)} for the frozen strategies and "
+                   f"{' and '.join(f'{px} px' for px in trained)} when the whole network trains")
+    if requested:
+        return f"The images are read at {read_at}, as you asked."
+    if not median_side:
+        return f"The images are read at {read_at}, the strategies' default."
+    side = f"Your images are about {median_side} px on their shorter side (median), so they are read at {read_at}"
+    largest = max(sizes.values())
+    if min(sizes.values()) == MIN_CHOSEN_SIZE and median_side < MIN_CHOSEN_SIZE:
+        return (f"{side}: enlarged to the smallest size at which the network's last layers still see a 2x2 "
+                "grid; larger would cost time without adding detail.")
+    if median_side > largest + NETWORK_STRIDE / 2:
+        return f"{side}: shrunk, because larger inputs cost much more CPU time for little gain."
+    return f"{side}: about their own size (a multiple of the network's {NETWORK_STRIDE}-px stride)."
 
 
 HEAD_EPOCHS = 200  # upper bound for head training on cached features (early stopping ends it sooner)
@@ -139,20 +174,21 @@ def estimate_seconds(
     epochs: int | None = None,
     architecture: str = "tf_efficientnet_lite0",
     native_size: int = 224,
+    median_side: int | None = None,
     features_cached: bool = False,
     speed: float = 1.0,
 ) -> float:
     """Rough wall-clock seconds for a fit on a 2-core CPU, for ETAs and budgets.
 
     num_eval: validation + test images. image_size / epochs default to the strategy's own
-    (`image_size_for`; native_size: the backbone's own input size).
+    (`image_size_for`; native_size: the backbone's own input size, median_side: the images').
     features_cached: the frozen features of these images at this size are already in the cache
     (e.g. `transfer.advise` just computed them), so the one backbone pass and the decoding are free.
     speed: how much slower this machine runs right now than the model assumes (measured, e.g. by
     timing a feature pass against `estimate_pass_seconds`); 2.0 doubles every figure.
     """
     plan = get_strategy(strategy)
-    size = image_size_for(plan, image_size, native_size)
+    size = image_size_for(plan, image_size, native_size, median_side)
     scale = BACKBONE_COST.get(architecture, UNKNOWN_BACKBONE_COST)
     infer = scale * (INFERENCE_SECONDS[0] + INFERENCE_SECONDS[1] * size * size)
     train = scale * (TRAIN_SECONDS[0] + TRAIN_SECONDS[1] * size * size)

@@ -154,34 +154,35 @@ def _size(count: int) -> str:
     return f"{count / (1 << 20):.0f} MB" if count >= 1 << 20 else f"{count / 1024:.1f} KB"
 
 
-def header_problems(source: Path, paths: list[str], max_pixels: int) -> Iterator[str | None]:
-    """For each image (a path inside the folder or zip `source`): why it cannot be used, or None.
+def image_headers(source: Path, paths: list[str], max_pixels: int) -> Iterator[tuple[str | None, tuple[int, int] | None]]:
+    """For each image (a path inside the folder or zip `source`): (why it cannot be used, or None;
+    its (width, height), or None when unreadable).
 
     Reads only the header (no pixel decoding): non-images, decompression bombs, images over
-    `max_pixels` and damaged zip members are caught here."""
-    def check(handle) -> str | None:
+    `max_pixels` and damaged zip members are caught here, and the sizes cost nothing more."""
+    def check(handle) -> tuple[str | None, tuple[int, int] | None]:
         try:
             with Image.open(handle) as image:
                 width, height = image.size
         except Image.DecompressionBombError:
-            return "declares an enormous number of pixels (decompression bomb?)"
+            return "declares an enormous number of pixels (decompression bomb?)", None
         except (zipfile.BadZipFile, zlib.error) as error:
-            return zip_entry_problem(error)
+            return zip_entry_problem(error), None
         except Exception as error:  # Pillow raises many types for garbage input
-            return "not an image Pillow can read" if "cannot identify" in str(error) else f"unreadable ({error})"
+            return ("not an image Pillow can read" if "cannot identify" in str(error) else f"unreadable ({error})"), None
         if width * height > max_pixels:
-            return f"{width}x{height} pixels is over the limit of {max_pixels:,}"
-        return None
+            return f"{width}x{height} pixels is over the limit of {max_pixels:,}", (width, height)
+        return None, (width, height)
 
     if source.is_file():
         with zipfile.ZipFile(source) as archive:
             for path in paths:
                 try:
                     with archive.open(path) as handle:
-                        problem = check(handle)
+                        found = check(handle)
                 except ZIP_ENTRY_ERRORS as error:
-                    problem = zip_entry_problem(error)
-                yield problem
+                    found = zip_entry_problem(error), None
+                yield found
     else:
         for path in paths:
             with open(source / path, "rb") as handle:
