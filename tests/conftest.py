@@ -1,6 +1,7 @@
 """Shared fixtures: one zoo (so bundled weights convert once and features cache once), real data.
 
-Nothing here touches the network: HF_HUB_OFFLINE and gradio's analytics are switched off first.
+Nothing here touches the network: HF_HUB_OFFLINE and gradio's analytics are switched off first
+(and OpenMP waits passively, as in the entry points, before torch is imported).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the entry points set it (zoo.malloc): shared cores
 
 import shutil  # noqa: E402
 import subprocess  # noqa: E402

@@ -1,6 +1,7 @@
 """Command line: `python -m transfer fit|advise|compare DATA [options]`.
 
-    fit      train one model (strategy `auto` by default: advise, then fit) and save it in the zoo
+    fit      train one model (strategy `auto` by default: the frozen strategies first on one cached pass,
+             then a trainable one only if it is likely to be worth its time) and save it in the zoo
     advise   measure the data and say which strategy suits it, and why (nothing is trained)
     compare  fit all four strategies on the same split within a time budget; table and chart
 
@@ -66,7 +67,8 @@ def _data_and_backbone_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--backbone", default="tf_efficientnet_lite0",
                          help="bundled tf_efficientnet_lite0/1/2 (offline), zoo:NAME, ARCH@file.safetensors, or a timm name (online)")
     command.add_argument("--epochs", type=int, help="passes over the images (trainable strategies; default 5)")
-    command.add_argument("--image-size", type=int, help="input size in px (default: 224 frozen, 128 trainable)")
+    command.add_argument("--image-size", type=int, help="input size in px (default: chosen from the images' median "
+                         "side, 64 px at least, at most 224 frozen / 128 trainable)")
     command.add_argument("--batch-size", type=int, default=32)
     command.add_argument("--zoo", help="zoo folder (default: $ZOO_DIR or ~/.local/share/transfer-zoo)")
 
@@ -152,6 +154,8 @@ def _advise(args: argparse.Namespace) -> int:
           f"{'n/a' if shift is None else f'{shift:.3f}'} (similar up to {advice.thresholds['shift_similar']:g}); "
           f"probe accuracy by stage [{stages}], final {similarity['final_accuracy']:.2f} "
           f"({similarity['probe_images']} images at {similarity['image_size']} px)")
+    print("image size: " + ", ".join(f"{name} {px} px" for name, px in advice.image_sizes.items())
+          + (f" (the images' median shorter side: {advice.median_side} px)" if advice.median_side else ""))
     print("estimated seconds: " + ", ".join(f"{name} {seconds:g}" for name, seconds in advice.estimated_seconds.items())
           + (f" (budget {advice.budget_seconds:g})" if advice.budget_seconds else "")
           + (f"; this machine ran the feature pass {advice.speed:g}x as long as the cost model expects, "
@@ -170,8 +174,9 @@ def _compare(args: argparse.Namespace) -> int:
         print(json.dumps(comparison.to_json()))
         return 0
     print(comparison.table())
-    if comparison.advice:
-        print(f"auto would choose {comparison.advised}: {' '.join(comparison.advice['reasons'])}")
+    why = comparison.auto or comparison.advice
+    if why:
+        print(f"auto would take {comparison.advised}: {' '.join(why['reasons'])}")
     print(f"models: {', '.join(row.name for row in comparison.rows if row.name)}")
     print(f"chart: {comparison.chart}")
     return 0
@@ -199,7 +204,7 @@ class ProgressBar:
     def __call__(self, event) -> None:
         from tqdm import tqdm
 
-        if event.stage in ("start", "save", "evaluate", "advice", "compare"):
+        if event.stage in ("start", "save", "evaluate", "advice", "auto", "compare"):
             self.close()
             if event.message:
                 print(event.message, file=sys.stderr)

@@ -1,31 +1,44 @@
 """The rule that picks a strategy: a pure function from the measurements to a choice and its reasons.
 
-`choose_strategy` turns the size and similarity measured by `transfer.measure`, per-strategy time
-estimates and the budget into a strategy and two or three plain sentences. It never looks at data,
-so the rule is tested as a table of cases.
+`auto` is a staged search. The classic guide ranks the strategies by SIZE and SIMILARITY (the
+prior, `preference_order`). The frozen strategies cost seconds once the backbone's pass is cached,
+so they are tried first (`frozen_stages`: those that fit the time budget) and their validation
+accuracy measured; `choose_strategy` then decides whether a trainable strategy is likely to beat
+the best of them by a margin worth its estimated seconds:
 
-    small and similar            feature-extractor
-    small and different          shallow
-    large (similar or not)       fine-tune
-    very large and different     from-scratch
-    frozen features already separate the classes (EASY_ACCURACY): a frozen strategy
+    a frozen result at 98% or more (EASY_ACCURACY)   stop: keep the best frozen strategy
+    small data (under 100 images per class)          stop: too few to retrain a network safely
+    no trainable strategy fits the budget            stop, and say so
+    the hoped-for gain is not worth the time         stop: a share of the frozen errors (larger when
+                                                     the deep layers do not suit the data or the
+                                                     images are unlike the pretraining photos) must
+                                                     reach MIN_GAIN + GAIN_PER_MINUTE per minute
+    otherwise                                        go on: fine-tune (from-scratch when the data is
+                                                     very large and different)
 
-A strategy whose estimate exceeds the budget is passed over for the next best (and the advice says
-so); when none fits, the quickest, whose training stops early.
+Without measured results (`transfer.advise` trains nothing) the quick probes of the frozen pass
+stand in for them. The best frozen result is the highest accuracy (ties: the one the prior ranks
+first). A strategy whose estimate exceeds the budget is never tried (the advice says so); when none
+fits, the quickest, whose training stops early. The rule never looks at data, so it is tested as a
+table of recorded measurements.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from transfer.strategies import STRATEGIES
 
 # --- the rule's thresholds ------------------------------------------------------------------------------
 LARGE_PER_CLASS = 100  # median training images per class from which training the whole network pays off
 SCRATCH_PER_CLASS = 1000  # ... from which a random start can catch up with pretrained weights
 SHIFT_SIMILAR = 0.2  # feature shift up to which the images count as like the pretraining data
 DEPTH_MARGIN = 0.02  # the final features may trail the best earlier stage by this much and still suit
-EASY_ACCURACY = 0.98  # frozen features already separate the classes this well: training more adds little
+EASY_ACCURACY = 0.98  # a frozen result this good stops the search: training more adds little
+MIN_GAIN = 0.01  # a trainable strategy must hope to add at least this much accuracy to the best frozen one...
+GAIN_PER_MINUTE = 0.005  # ... plus this much per minute of its estimated time
+SHARE_SUITED = 0.5  # the share of the frozen errors retraining may hope to remove when the deep layers suit
+SHARE_UNSUITED = 0.75  # ... when they do not, or the images are unlike the pretraining photos
+FROZEN = ("feature-extractor", "shallow")  # the strategies tried first, in this order, on one cached pass
 
 PLAIN_WORDS = {
     "feature-extractor": "train only a new final layer on top of the pretrained network",
@@ -76,12 +89,26 @@ class SimilarityMeasure:
 
 
 @dataclass(frozen=True)
+class StageResult:
+    """What one frozen strategy scored: measured by training its head, or predicted by the quick probe."""
+
+    strategy: str
+    accuracy: float  # validation accuracy
+    seconds: float = 0.0  # how long its fit took (0: predicted, nothing trained)
+    measured: bool = True  # False: the quick cross-validated probe's figure (`transfer.advise`)
+    detail: str = ""  # e.g. "cut after stage 3"
+
+
+@dataclass(frozen=True)
 class Choice:
     strategy: str
-    preference: tuple[str, ...]  # every strategy, best first for this data, before the budget
+    preference: tuple[str, ...]  # every strategy, best first for this data's size and similarity (the prior)
     similar: bool
-    over_budget: tuple[str, ...]  # preferred strategies passed over because their estimate exceeds the budget
-    reasons: tuple[str, ...]  # two or three sentences for a non-expert
+    over_budget: tuple[str, ...]  # strategies passed over because their estimate exceeds the budget
+    reasons: tuple[str, ...]  # four sentences for a non-expert: size, similarity, what was tried, the choice
+    tried: tuple[StageResult, ...] = ()  # the frozen results the choice weighed
+    verdict: str = ""  # "separated" | "small" | "over budget" | "not worth it" | "go on"
+    best_frozen: str = ""  # the best frozen strategy: what the search keeps when it stops
 
 
 # --- the rule: a pure function of the numbers ----------------------------------------------------------
@@ -94,9 +121,9 @@ def is_similar(similarity: SimilarityMeasure) -> bool:
     return shift_close and depth_suits
 
 
-def preference_order(size_class: str, similar: bool, easy: bool) -> tuple[str, ...]:
-    """Every strategy, best first, for data of this size and similarity."""
-    frozen = ("feature-extractor", "shallow") if similar else ("shallow", "feature-extractor")
+def preference_order(size_class: str, similar: bool, easy: bool = False) -> tuple[str, ...]:
+    """Every strategy, best first, for data of this size and similarity (the classic guide)."""
+    frozen = FROZEN if similar else FROZEN[::-1]
     if size_class == "small" or easy:
         return (*frozen, "fine-tune", "from-scratch")
     if similar or size_class == "large":
@@ -104,26 +131,84 @@ def preference_order(size_class: str, similar: bool, easy: bool) -> tuple[str, .
     return ("from-scratch", "fine-tune", *frozen)  # very large and different
 
 
+def frozen_stages(estimated_seconds: dict[str, float], budget_seconds: float | None = None) -> tuple[str, ...]:
+    """The frozen strategies to try first: each whose estimate fits the budget; none fits: the quickest."""
+    fits = tuple(name for name in FROZEN if budget_seconds is None or estimated_seconds[name] <= budget_seconds)
+    return fits or (min(FROZEN, key=lambda name: estimated_seconds[name]),)
+
+
+def probe_results(similarity: SimilarityMeasure, stages: tuple[str, ...] = FROZEN) -> tuple[StageResult, ...]:
+    """What the quick probes predict the frozen strategies will score (no head trained): feature-extractor
+    the final features' figure, shallow the best stage's."""
+    predicted = {"feature-extractor": similarity.final_accuracy}
+    if similarity.stage_accuracy:
+        predicted["shallow"] = max(similarity.stage_accuracy)
+    return tuple(StageResult(name, predicted[name], measured=False) for name in stages if name in predicted)
+
+
 def choose_strategy(
     size: SizeMeasure,
     similarity: SimilarityMeasure,
     estimated_seconds: dict[str, float],
     budget_seconds: float | None = None,
+    tried: tuple[StageResult, ...] | None = None,
 ) -> Choice:
-    """The strategy for these numbers, and why. Never one whose estimate exceeds the budget, unless
-    none fits: then the quickest (whose training stops early to keep to the budget)."""
+    """The strategy for these numbers, and why (see the module docstring).
+
+    tried: the frozen strategies' measured validation accuracies (None: the probes' predictions, for
+    the frozen strategies that fit the budget). budget_seconds: what is left of the time budget."""
     similar = is_similar(similarity)
-    easy = size.size_class != "small" and similarity.best_accuracy >= EASY_ACCURACY
-    preference = preference_order(size.size_class, similar, easy)
-    fits = [name for name in preference if budget_seconds is None or estimated_seconds[name] <= budget_seconds]
-    strategy = fits[0] if fits else min(preference, key=lambda name: estimated_seconds[name])
-    over_budget = preference[:preference.index(strategy)] if budget_seconds is not None else ()
+    preference = preference_order(size.size_class, similar)
+    if tried is None:
+        tried = probe_results(similarity, frozen_stages(estimated_seconds, budget_seconds))
+    ranked = sorted(tried, key=lambda result: (-result.accuracy, preference.index(result.strategy)))
+    best = ranked[0]
+    # a measured result ran whatever its estimate; a budget shorter than every prediction is said
+    fits = budget_seconds is None or any(r.measured or estimated_seconds[r.strategy] <= budget_seconds for r in tried)
+    trainable = ("from-scratch", "fine-tune") if size.size_class == "very large" and not similar else ("fine-tune",)
+    affordable = [name for name in trainable if budget_seconds is None or estimated_seconds[name] <= budget_seconds]
+    hoped = needed = 0.0
+    if best.accuracy >= EASY_ACCURACY:
+        verdict = "separated"
+    elif size.size_class == "small":
+        verdict = "small"
+    elif not affordable:
+        verdict = "over budget"
+    else:
+        candidate = affordable[0]
+        hoped = (SHARE_SUITED if similar else SHARE_UNSUITED) * (1 - best.accuracy)
+        needed = MIN_GAIN + GAIN_PER_MINUTE * estimated_seconds[candidate] / 60
+        verdict = "go on" if hoped >= needed else "not worth it"
+    strategy = candidate if verdict == "go on" else best.strategy
+    # passed over for the budget: trainable strategies the search would have gone on to, and frozen
+    # ones not tried that the prior ranks above the choice
+    passed = list(trainable) if verdict == "over budget" else []
+    if verdict in ("go on", "not worth it"):
+        passed = list(trainable[:trainable.index(candidate)])
+    passed += [name for name in FROZEN if name not in {result.strategy for result in tried}
+               and preference.index(name) < preference.index(strategy)]
+    over_budget = tuple(sorted(passed, key=preference.index))
     reasons = (
         _size_sentence(size),
         _similarity_sentence(similarity, similar),
-        _choice_sentence(strategy, over_budget, easy, estimated_seconds, budget_seconds, bool(fits)),
+        _tried_sentence(ranked),
+        _choice_sentence(strategy, verdict, best, trainable, over_budget, estimated_seconds, budget_seconds, fits,
+                         similar, hoped, needed),
     )
-    return Choice(strategy, preference, similar, tuple(over_budget), reasons)
+    return Choice(strategy, preference, similar, over_budget, reasons, tuple(tried), verdict, best.strategy)
+
+
+def keep_better(choice: Choice, trained: StageResult) -> tuple[str, str]:
+    """After the search went on to `trained`: the strategy to keep, which is the trained one only when it
+    beats the best frozen result on validation data (a tie keeps the frozen one, the cheaper), and a
+    sentence saying so."""
+    best = next(result for result in choice.tried if result.strategy == choice.best_frozen)
+    scored = f"{trained.strategy} reached {trained.accuracy:.1%} on validation images ({_duration(trained.seconds)})"
+    if trained.accuracy > best.accuracy:
+        return trained.strategy, (f"Then {scored}, better than {best.strategy}'s {best.accuracy:.1%}: "
+                                  f"the {trained.strategy} model is kept.")
+    return best.strategy, (f"Then {scored}, no better than {best.strategy}'s {best.accuracy:.1%}: "
+                           f"the {best.strategy} model is kept instead.")
 
 
 def _size_sentence(size: SizeMeasure) -> str:
@@ -158,21 +243,54 @@ def _similarity_sentence(similarity: SimilarityMeasure, similar: bool) -> str:
     return f"Your images {looks} the photos the pretrained network learned from: {evidence}."
 
 
-def _choice_sentence(strategy: str, over_budget: tuple[str, ...], easy: bool,
-                     estimated_seconds: dict[str, float], budget_seconds: float | None, fits: bool) -> str:
-    sentence = f"So: {strategy}, which will {PLAIN_WORDS[strategy]} (about {_duration(estimated_seconds[strategy])})."
-    if easy and not STRATEGIES[strategy].trains_backbone:
-        sentence += (" The pretrained features already separate your classes almost perfectly, so retraining the "
-                     "whole network would cost time without gaining much.")
-    if over_budget:
+def _tried_sentence(ranked: list[StageResult]) -> str:
+    def one(result: StageResult) -> str:
+        detail = [result.detail] if result.detail else []
+        if result.measured:
+            detail.append(_duration(result.seconds))
+        return f"{result.strategy} {result.accuracy:.1%}" + (f" ({', '.join(detail)})" if detail else "")
+
+    in_order = sorted(ranked, key=lambda result: FROZEN.index(result.strategy))
+    scores = ", ".join(one(result) for result in in_order)
+    if all(result.measured for result in ranked):
+        return f"Tried first, on one cached pass of the pretrained network: {scores} on validation images."
+    return (f"A quick test of the frozen network's features predicts {scores}; the fit tries "
+            f"{'these' if len(ranked) > 1 else 'this'} first, in seconds, and measures.")
+
+
+def _choice_sentence(strategy: str, verdict: str, best: StageResult, trainable: tuple[str, ...],
+                     over_budget: list[str], estimated_seconds: dict[str, float], budget_seconds: float | None,
+                     fits: bool, similar: bool, hoped: float, needed: float) -> str:
+    sentence = f"So: {strategy}, which will {PLAIN_WORDS[strategy]}"
+    if not (best.measured and strategy == best.strategy):  # a measured result is done: no estimate
+        sentence += f" (about {_duration(estimated_seconds[strategy])})"
+    retrain = f"{trainable[-1]} (about {_duration(estimated_seconds[trainable[-1]])})"
+    if verdict == "separated":
+        sentence += (f": at {best.accuracy:.1%} the pretrained features already separate your classes almost "
+                     f"perfectly, so retraining the whole network would cost time without gaining much.")
+    elif verdict == "small":
+        sentence += (": with this few images per class, retraining the whole network would learn them by heart; "
+                     "the best frozen result is the safer model.")
+    elif verdict == "not worth it":
+        sentence += (f": {retrain} might add about {hoped:.1%} to {best.strategy}'s {best.accuracy:.1%}, less "
+                     f"than the {needed:.1%} its time is worth (auto asks {MIN_GAIN:.0%} plus "
+                     f"{GAIN_PER_MINUTE:.1%} per minute).")
+    elif verdict == "go on":
+        why = ("its deep layers suit your images, and " if similar else
+               "your images are unlike its training photos, so retraining its layers has much to gain, and ")
+        sentence += (f": the best frozen result is {best.strategy} at {best.accuracy:.1%}; {why}it may add about "
+                     f"{hoped:.1%}, worth its time (auto asks {needed:.1%} here). The fit keeps whichever of the "
+                     "two scores better on validation images.")
+    else:
+        sentence += "."
+    if not fits:
+        sentence += (f" No strategy fits your {_duration(budget_seconds)} budget; this is the quickest, and its "
+                     "training stops early to keep to the budget. Allow more time for a better model.")
+    elif over_budget:
         skipped = ", ".join(f"{name} (about {_duration(estimated_seconds[name])})" for name in over_budget)
-        if fits:
-            verb = "exceeds" if len(over_budget) == 1 else "each exceed"
-            sentence += (f" Better suited would be {skipped}, but that {verb} your "
-                         f"{_duration(budget_seconds)} budget, so this is the best that fits.")
-        else:
-            sentence += (f" No strategy fits your {_duration(budget_seconds)} budget; this is the quickest, and its "
-                         "training stops early to keep to the budget. Allow more time for a better model.")
+        verb = "exceeds" if len(over_budget) == 1 else "each exceed"
+        sentence += (f" Worth trying would be {skipped}, but that {verb} your "
+                     f"{_duration(budget_seconds)} budget, so this is the best that fits.")
     return sentence
 
 

@@ -4,7 +4,8 @@
 
 The strategy's own work is `transfer.frozen` (feature-extractor, shallow: a head on cached
 features) or `transfer.trainable` (fine-tune, from-scratch: every layer trains). This module
-chooses (auto: `transfer.advise`), builds the spec, measures and saves. The reported metrics come
+builds the spec, trains (auto: `transfer.auto`'s staged search, which may train several and keeps
+one), measures and saves. The reported metrics come
 from the held-out `test/` split when there is one, else from validation (and the result says which).
 """
 
@@ -25,6 +26,7 @@ import torch
 from transfer import DataError
 from transfer.data import Dataset, load_dataset
 from transfer.frozen import fit_frozen
+from transfer.outcome import Fitted
 from transfer.metrics import classification_metrics
 from transfer.progress import Progress, ProgressCallback, Run
 from transfer.strategies import Strategy, get_strategy, image_size_for
@@ -60,7 +62,8 @@ class FitResult:
     details: dict[str, Any] = field(default_factory=dict)  # e.g. the shallow cut search
     ablation: dict[str, float] | None = None  # image+text: validation accuracy per input combination
     stopped_by_budget: bool = False
-    advice: dict[str, Any] | None = None  # strategy="auto": what was chosen and why (transfer.advise)
+    advice: dict[str, Any] | None = None  # strategy="auto": what was tried, chosen and why (transfer.auto)
+    val_accuracy: float | None = None  # on the validation split (what auto and early stopping judge by)
     model: torch.nn.Module | None = field(default=None, repr=False, compare=False)  # as saved
 
     def to_json(self) -> dict[str, Any]:
@@ -91,9 +94,11 @@ def fit(
 ) -> FitResult:
     """Fine-tune `backbone` on `data` under `strategy` and save the model in the zoo.
 
-    strategy: "auto" (the default, as in the CLI and the app): measure the data and choose
-        (`transfer.advise`, within max_seconds), the advice saved in transfer.json; or one of
-        `transfer.strategies.STRATEGIES` by name.
+    strategy: "auto" (the default, as in the CLI and the app): measure the data, try the frozen
+        strategies on one cached pass, and go on to a trainable one only when it is likely to gain
+        more than its time is worth (`transfer.auto`, within max_seconds); the advice is saved in
+        transfer.json. Or one of `transfer.strategies.STRATEGIES` by name.
+    image_size: input size in px (None: chosen from the images, `transfer.strategies.image_size_for`).
     epochs: passes over the images for trainable strategies (default: the strategy's); for frozen
         ones, the most epochs the head may train on cached features.
     max_seconds: time budget for the whole fit; training stops early (keeping its best epoch) to
@@ -112,28 +117,37 @@ def fit(
     run = Run(progress=progress, should_stop=should_stop,
               deadline=started + max_seconds if max_seconds else None)
     dataset = data if isinstance(data, Dataset) else load_dataset(data, val_fraction=val_fraction, seed=seed)
-    advice = None
-    if plan is None:  # auto: its frozen pass fills the feature cache that a frozen fit then reads
-        from transfer.advise import advise
-
-        advice = advise(dataset, backbone=backbone, zoo=zoo, image_size=image_size, epochs=epochs,
-                        budget_seconds=max_seconds - (time.monotonic() - started) if max_seconds else None,
-                        batch_size=batch_size, progress=progress, should_stop=should_stop).to_json()
-        plan = get_strategy(advice["strategy"])
-    weights = _weights_for(plan, backbone, zoo)
-    size = image_size_for(plan, image_size, weights.native_size)
-    spec = ModelSpec.for_weights(weights, dataset.classes, image_size=size)
     encoder = _text_encoder_for(dataset, text_encoder)
-    if encoder:
-        spec.text = text_settings(encoder)
-    torch.manual_seed(seed)
-    random.seed(seed)  # timm's RandomResizedCrop draws from Python's random: the same seed, the same run
-    run.report(Progress("start", 0, 1, message=f"{plan.name} on {len(dataset.train)} training images"))
 
-    if plan.trains_backbone:
-        model, spec, outcome = fit_network(dataset, weights, spec, plan, epochs, batch_size, zoo, run)
+    def train(strategy_name: str, warm_head: torch.nn.Linear | None = None) -> Fitted:
+        """One strategy on `dataset` with this fit's settings; nothing saved yet."""
+        begun, plan = time.monotonic(), get_strategy(strategy_name)
+        weights = _weights_for(plan, backbone, zoo)
+        size = image_size_for(plan, image_size, weights.native_size, dataset.median_side)
+        spec = ModelSpec.for_weights(weights, dataset.classes, image_size=size)
+        if encoder:
+            spec.text = text_settings(encoder)
+        torch.manual_seed(seed)
+        random.seed(seed)  # timm's RandomResizedCrop draws from Python's random: the same seed, the same run
+        run.report(Progress("start", 0, 1, message=f"{plan.name} on {len(dataset.train)} training images"))
+        if plan.trains_backbone:
+            model, spec, outcome = fit_network(dataset, weights, spec, plan, epochs, batch_size, zoo, run,
+                                               warm_head=warm_head)
+        else:
+            model, spec, outcome = fit_frozen(dataset, weights, spec, plan, epochs, batch_size, zoo, run)
+        return Fitted(plan, weights, model, spec, outcome, seconds=time.monotonic() - begun)
+
+    advice = None
+    if plan is None:  # auto: the frozen strategies on one cached pass first, then maybe a trainable one
+        from transfer.auto import staged_search
+
+        fitted, advice = staged_search(
+            dataset, train, backbone=backbone, zoo=zoo, image_size=image_size, epochs=epochs, batch_size=batch_size,
+            budget_left=lambda: max_seconds - (time.monotonic() - started) if max_seconds else None, run=run,
+            seed=seed)
     else:
-        model, spec, outcome = fit_frozen(dataset, weights, spec, plan, epochs, batch_size, zoo, run)
+        fitted = train(plan.name)
+    plan, weights, model, spec, outcome = fitted.plan, fitted.weights, fitted.model, fitted.spec, fitted.outcome
 
     # metrics on the held-out test split when there is one, else on validation
     split = "test" if dataset.test else "val"
@@ -175,7 +189,8 @@ def fit(
         metrics=metrics, metrics_split=split, train_seconds=train_seconds, history=outcome.history,
         skipped=list(dataset.skipped), warnings=list(dataset.warnings), trainable_parameters=trainable,
         total_parameters=total, image_size=spec.image_size, details=outcome.details,
-        ablation=outcome.ablation, stopped_by_budget=run.budget_hit, advice=advice, model=model,
+        ablation=outcome.ablation, stopped_by_budget=run.budget_hit, advice=advice,
+        val_accuracy=round(val_metrics["accuracy"], 4), model=model,
     )
 
 

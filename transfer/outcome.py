@@ -1,7 +1,8 @@
 """What a strategy's fit hands back to `transfer.fit`: final logits per split, history, details.
 
-`transfer.frozen` and `transfer.trainable` each return an `Outcome`; `transfer.fit` turns it into
-metrics, transfer.json and a `FitResult`. Image+text fits also measure their ablation here.
+`transfer.frozen` and `transfer.trainable` each return an `Outcome`; `transfer.fit` wraps it with the
+model in a `Fitted` (what auto's staged search weighs) and turns it into metrics, transfer.json and
+a `FitResult`. Image+text fits also measure their ablation here.
 """
 
 from __future__ import annotations
@@ -23,6 +24,23 @@ class Outcome:
     details: dict[str, Any] = field(default_factory=dict)
     parameters: tuple[int, int] | None = None  # (trainable, total) when the model itself does not say
     ablation: dict[str, float] | None = None
+
+
+@dataclass
+class Fitted:
+    """One strategy's finished fit, not yet saved."""
+
+    plan: Any  # transfer.strategies.Strategy
+    weights: Any  # zoo.weights.Weights
+    model: torch.nn.Module
+    spec: Any  # zoo.model.ModelSpec
+    outcome: Outcome
+    seconds: float = 0.0
+
+    @property
+    def val_accuracy(self) -> float:
+        logits, labels = self.outcome.logits["val"], torch.tensor(self.outcome.labels["val"])
+        return round((logits.argmax(1) == labels).float().mean().item(), 4) if len(labels) else 0.0
 
 
 def ablation(logits_for: Callable[[bool, bool], torch.Tensor], labels: list[int]) -> dict[str, float]:

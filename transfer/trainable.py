@@ -24,8 +24,12 @@ from zoo.model import ImageTextClassifier
 from zoo.weights import create_backbone
 
 
-def fit_network(dataset, weights, spec, plan: Strategy, epochs, batch_size, zoo, run: Run) -> tuple[Any, Any, Outcome]:
-    """(model, spec, outcome) of a trainable strategy."""
+def fit_network(dataset, weights, spec, plan: Strategy, epochs, batch_size, zoo, run: Run,
+                warm_head: torch.nn.Linear | None = None) -> tuple[Any, Any, Outcome]:
+    """(model, spec, outcome) of a trainable strategy.
+
+    warm_head: a head already trained on this backbone's frozen final features (auto's
+    feature-extractor stage): phase 1 starts from it instead of training one (image-only models)."""
     samples = dataset.train + dataset.val + dataset.test
     images, hashes, errors = decode_images(
         dataset, samples, shorter_side=spec.resized_side, should_stop=run.should_stop,
@@ -49,7 +53,9 @@ def fit_network(dataset, weights, spec, plan: Strategy, epochs, batch_size, zoo,
         text = split_texts(dataset, spec.text["encoder"], zoo, run)
     history: list[dict[str, Any]] = []
     fingerprint = cache_key(weights.fingerprint, spec, hashes)
-    if plan.head_warmup:
+    if plan.head_warmup and warm_head is not None and text is None:
+        model.get_classifier().load_state_dict(warm_head.state_dict())  # phase 1 done already
+    elif plan.head_warmup:
         # phase 1: the head learns on the frozen backbone's features (one cached pass), so that a
         # random head does not push the pretrained layers around at the start of phase 2
         features, _, fingerprint = cached_features(dataset, backbone, weights, spec, batch_size, zoo, run,
