@@ -42,7 +42,7 @@ def test_four_rows_with_real_metrics(comparison):
     assert rows["shallow"].accuracy >= 0.5  # chance is 0.10
     preference, over_budget = comparison.advice["preference"], comparison.advice["over_budget"]
     assert preference[0] == "shallow"  # small, unlike photos (on a busy machine the budget may pass it over)
-    assert comparison.advised == preference[len(over_budget)]
+    assert comparison.advice["strategy"] == preference[len(over_budget)]  # predicted before the runs
     assert comparison.best is not None and comparison.best.accuracy == max(r.accuracy for r in rows.values())
 
 
@@ -64,8 +64,21 @@ def test_runs_are_marked_as_siblings_of_one_comparison(comparison, zoo_path):
         info = json.loads((zoo_path / name / "transfer.json").read_text())
         assert info["comparison"]["id"] == "digits-cmp"
         assert info["comparison"]["siblings"] == names
-        assert info["comparison"]["advised"] == comparison.advised
+        assert info["comparison"]["advised"] == comparison.advice["strategy"]  # the advice, made before the runs
         assert (info["data"]["num_train"], info["data"]["num_val"]) == (comparison.num_train, comparison.num_val)
+
+
+def test_rows_give_accuracy_per_second_and_the_table_marks_what_auto_would_take(comparison):
+    rows = {row.strategy: row for row in comparison.rows}
+    for row in rows.values():
+        assert row.accuracy_per_second == pytest.approx(row.accuracy / row.seconds, rel=0.01)
+    # 40 digits per class is small data: auto's staged search would stop at the better frozen run
+    # (validation accuracy; a tie goes to shallow, which suits digits)
+    best = max((rows["feature-extractor"], rows["shallow"]), key=lambda r: (r.val_accuracy, r.strategy == "shallow"))
+    assert comparison.auto["verdict"] in ("small", "separated") and comparison.advised == best.strategy
+    assert f"{best.strategy} {best.val_accuracy:.1%}" in comparison.auto["reasons"][2]
+    marked = [line for line in comparison.table().splitlines() if "auto's choice" in line]
+    assert len(marked) == 1 and marked[0].startswith(best.strategy)
 
 
 def test_the_budget_is_shared_and_ends_the_long_runs(comparison):
@@ -95,6 +108,7 @@ def test_table_chart_and_reload_from_the_zoo(comparison, zoo_path):
         assert chart.format == "PNG" and chart.width >= 400
     saved = json.loads((comparison.folder / "comparison.json").read_text())
     assert [row["strategy"] for row in saved["rows"]] == list(STRATEGIES)
+    assert saved["auto"]["strategy"] == comparison.advised and all(row["accuracy_per_second"] for row in saved["rows"])
     reloaded = load_comparison("digits-cmp", zoo=zoo_path)
     assert [(r.strategy, r.name, r.accuracy) for r in reloaded.rows] == \
            [(r.strategy, r.name, r.accuracy) for r in comparison.rows]

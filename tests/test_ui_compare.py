@@ -21,11 +21,14 @@ def test_compare_runs_all_four_strategies_into_the_zoo(trained, client, colours_
     seconds = time.monotonic() - started
     assert status == "**Done.**"
     rows = table_rows(table)
-    assert table["headers"] == ["strategy", "accuracy", "macro-F1", "seconds", "trainable parameters", "model",
-                                "note"]
+    assert table["headers"] == ["strategy", "accuracy", "macro-F1", "seconds", "accuracy per second",
+                                "trainable parameters", "model", "note"]
     assert [row["strategy"] for row in rows] == ["feature-extractor", "shallow", "fine-tune", "from-scratch"]
     assert all(0 <= row["accuracy"] <= 1 and 0 <= row["macro-F1"] <= 1 and row["trainable parameters"] > 0
                for row in rows), rows
+    # accuracy / seconds (the seconds shown are rounded to 0.1 s)
+    assert all(abs(row["accuracy per second"] * row["seconds"] - row["accuracy"]) <= 0.05 * row["accuracy per second"]
+               + 1e-3 for row in rows), rows
     assert sum("auto's choice" in row["note"] for row in rows) == 1
     assert sum("best" in row["note"].split(", ") for row in rows) == 1
     assert "**cmp**" in summary and "30 train / 6 val / 0 test" in summary and "20 s budget" in summary

@@ -6,9 +6,12 @@
     comparison.rows[0].name                       # each run is a model in the zoo
 
 Every run gets the same `Dataset` object, so the same train/val/test split. First `transfer.advise`
-measures the data (what `auto` would choose, with the reasons); its frozen pass fills the feature
-cache, so `feature-extractor` and `shallow` share one backbone pass with it. Then the frozen
-strategies run, then `fine-tune` and `from-scratch`.
+measures the data (what `auto` is predicted to choose, with the reasons); its frozen pass fills the
+feature cache, so `feature-extractor` and `shallow` share one backbone pass with it. Then the frozen
+strategies run, then `fine-tune` and `from-scratch`. At the end the rule `auto` follows
+(`transfer.decide`) weighs the frozen runs' measured validation accuracy, as auto's staged search
+would, and the table marks the strategy `auto` would take; each row also gives its accuracy per
+second.
 
 The budget is shared by the runs' estimated times (`transfer.strategies.estimate_seconds`, scaled by
 the speed the advice measured on this machine): in proportion when it covers them all, otherwise the
@@ -39,6 +42,7 @@ from typing import Any
 from transfer import DataError
 from transfer.chart import draw_chart
 from transfer.data import Dataset, load_dataset
+from transfer.decide import StageResult, choose_strategy, keep_better
 from transfer.progress import Progress, ProgressCallback, Run
 from transfer.strategies import STRATEGIES, image_size_for
 from zoo import ZooError, zoo_dir
@@ -62,6 +66,8 @@ class ComparisonRow:
     estimated_seconds: float | None  # what the cost model expected
     budget_seconds: float | None  # this run's share of the budget
     began_after: float = 0.0  # seconds into the comparison (advice included) when this run began
+    val_accuracy: float | None = None  # on the validation split, what auto judges by
+    accuracy_per_second: float | None = None  # accuracy / seconds
     trainable_parameters: int = 0
     total_parameters: int = 0
     image_size: int = 0
@@ -79,13 +85,17 @@ class Comparison:
     num_test: int
     budget_seconds: float | None
     rows: list[ComparisonRow]
-    advice: dict[str, Any] | None = None  # what auto chooses for this data (transfer.advise)
+    advice: dict[str, Any] | None = None  # what auto is predicted to choose for this data (transfer.advise)
+    auto: dict[str, Any] | None = None  # what auto would take given these runs: strategy, verdict, reasons
     seconds: float = 0.0  # the whole comparison, advice included
     folder: Path | None = None  # comparison.json and chart.png
     chart: Path | None = None
 
     @property
     def advised(self) -> str | None:
+        """The strategy auto would take: weighed on the runs' results, else as the advice predicted."""
+        if self.auto:
+            return self.auto["strategy"]
         return self.advice["strategy"] if self.advice else None
 
     @property
@@ -107,8 +117,8 @@ class Comparison:
         lines = [f"comparison {self.id}: {self.dataset}, the same split for every run "
                  f"({self.num_train} train / {self.num_val} val / {self.num_test} test images; "
                  f"{'test' if split == 'test' else 'validation'} metrics)",
-                 f"{'strategy':<18} {'accuracy':>8} {'macro-F1':>8} {'seconds':>8} {'trainable params':>17} "
-                 f"{'px':>4}  note"]
+                 f"{'strategy':<18} {'accuracy':>8} {'macro-F1':>8} {'seconds':>8} {'acc/s':>7} "
+                 f"{'trainable params':>17} {'px':>4}  note"]
         best = self.best
         for row in self.rows:
             notes = []
@@ -122,7 +132,8 @@ class Comparison:
                 lines.append(f"{row.strategy:<18} failed: {row.error}")
                 continue
             lines.append(f"{row.strategy:<18} {row.accuracy:>8.3f} {row.macro_f1:>8.3f} {row.seconds:>8.1f} "
-                         f"{row.trainable_parameters:>17,} {row.image_size:>4}  {', '.join(notes)}")
+                         f"{row.accuracy_per_second or 0:>7.3f} {row.trainable_parameters:>17,} {row.image_size:>4}  "
+                         f"{', '.join(notes)}")
         if self.advice and self.advice.get("seconds") is not None:
             lines.append(f"(the advice took {self.advice['seconds']:.1f} s; when the data is small its frozen pass "
                          "is the one feature-extractor and shallow reuse, so their seconds leave it out)")
@@ -166,7 +177,7 @@ def compare(
     advice = advise(dataset, backbone=backbone, zoo=zoo, image_size=image_size, epochs=epochs,
                     budget_seconds=budget_seconds, batch_size=batch_size, progress=progress, should_stop=should_stop)
     weights = resolve_weights(backbone, zoo=zoo)
-    frozen_size = image_size_for("feature-extractor", image_size, weights.native_size)
+    frozen_size = image_size_for("feature-extractor", image_size, weights.native_size, dataset.median_side)
     cached_size = frozen_size if advice.size["size_class"] == "small" else None  # the advice's pass
     marker = {"id": comparison_id, "siblings": list(names.values()), "budget_seconds": budget_seconds,
               "advised": advice.strategy}
@@ -184,20 +195,42 @@ def compare(
         row = rows[-1]
         run.report(Progress("compare-row", position + 1, len(order), message=f"{strategy} done", metrics={
             "strategy": strategy, "accuracy": row.accuracy, "macro_f1": row.macro_f1, "seconds": row.seconds,
-            "trainable_parameters": row.trainable_parameters, "model": row.name, "error": row.error}))
+            "accuracy_per_second": row.accuracy_per_second, "trainable_parameters": row.trainable_parameters,
+            "model": row.name, "error": row.error}))
         if row.name and not STRATEGIES[strategy].trains_backbone:
             cached_size = frozen_size  # every image's frozen features are cached now
     run.report(Progress("compare", len(order), len(order), message="comparison done"))
     if all(row.error for row in rows):
         raise DataError(f"every run failed; the first: {rows[0].error}")
 
+    estimates = estimate_fits(dataset, weights, image_size=image_size, epochs=epochs, cached_size=frozen_size,
+                              speed=advice.speed, head_ready=True)
     comparison = Comparison(
         id=comparison_id, dataset=dataset.name, num_train=len(dataset.train), num_val=len(dataset.val),
         num_test=len(dataset.test), budget_seconds=budget_seconds, rows=rows, advice=advice.to_json(),
-        seconds=round(time.monotonic() - started, 1),
+        auto=auto_would_take(advice, rows, estimates, budget_seconds), seconds=round(time.monotonic() - started, 1),
     )
     save_artifacts(comparison, zoo=zoo)
     return comparison
+
+
+def auto_would_take(advice, rows: Sequence[ComparisonRow], estimates: dict[str, float],
+                    budget_seconds: float | None) -> dict[str, Any] | None:
+    """What auto's staged search would end with on these runs: the rule weighs the frozen runs' validation
+    accuracy (within what their time leaves of the budget), and a trainable run it would go on to is kept
+    only if it beats them. None when no frozen strategy ran."""
+    frozen = tuple(StageResult(row.strategy, row.val_accuracy, row.seconds) for row in rows
+                   if not STRATEGIES[row.strategy].trains_backbone and row.val_accuracy is not None)
+    if not frozen:
+        return None
+    left = None if budget_seconds is None else max(0.0, budget_seconds - sum(result.seconds for result in frozen))
+    choice = choose_strategy(*advice.measurements(), estimates, left, tried=frozen)
+    strategy, reasons = choice.strategy, list(choice.reasons)
+    trained = next((row for row in rows if row.strategy == strategy and row.val_accuracy is not None), None)
+    if choice.verdict == "go on" and trained is not None:
+        strategy, sentence = keep_better(choice, StageResult(strategy, trained.val_accuracy, trained.seconds))
+        reasons.append(sentence)
+    return {"strategy": strategy, "verdict": choice.verdict, "reasons": reasons}
 
 
 def _run_one(fit: Callable, dataset: Dataset, strategy: str, name: str, estimate: float, share: float | None,
@@ -215,10 +248,16 @@ def _run_one(fit: Callable, dataset: Dataset, strategy: str, name: str, estimate
     return ComparisonRow(
         strategy=strategy, name=result.name, accuracy=round(result.metrics["accuracy"], 4),
         macro_f1=round(result.metrics["macro_f1"], 4), seconds=result.train_seconds, estimated_seconds=estimate,
-        budget_seconds=share, began_after=began_after, trainable_parameters=result.trainable_parameters,
+        budget_seconds=share, began_after=began_after, val_accuracy=result.val_accuracy,
+        accuracy_per_second=_per_second(result.metrics["accuracy"], result.train_seconds),
+        trainable_parameters=result.trainable_parameters,
         total_parameters=result.total_parameters, image_size=result.image_size,
         metrics_split=result.metrics_split, stopped_by_budget=result.stopped_by_budget,
     )
+
+
+def _per_second(accuracy: float | None, seconds: float) -> float | None:
+    return None if accuracy is None else round(accuracy / max(seconds, 0.1), 4)
 
 
 def _run_order(strategies: Sequence[str]) -> list[str]:
@@ -302,7 +341,7 @@ def load_comparison(comparison_id: str, *, zoo: str | Path | None = None) -> Com
     comparison = Comparison(
         id=comparison_id, dataset=data.get("name", ""), num_train=data.get("num_train", 0),
         num_val=data.get("num_val", 0), num_test=data.get("num_test", 0),
-        budget_seconds=marker.get("budget_seconds"), rows=rows, advice=saved.get("advice"),
+        budget_seconds=marker.get("budget_seconds"), rows=rows, advice=saved.get("advice"), auto=saved.get("auto"),
         seconds=saved.get("seconds", 0.0),
     )
     if comparison.advice is None and marker.get("advised"):
@@ -318,10 +357,12 @@ def _row_from_info(name: str, info: dict[str, Any]) -> ComparisonRow:
     metrics = info.get("metrics") or {}
     parameters = info.get("parameters") or {}
     settings = info.get("settings") or {}
+    seconds = info.get("train_seconds", 0.0)
     return ComparisonRow(
         strategy=info.get("strategy", "?"), name=name, accuracy=metrics.get("accuracy"),
-        macro_f1=metrics.get("macro_f1"), seconds=info.get("train_seconds", 0.0), estimated_seconds=None,
-        budget_seconds=settings.get("max_seconds"), trainable_parameters=parameters.get("trainable", 0),
+        macro_f1=metrics.get("macro_f1"), seconds=seconds, estimated_seconds=None,
+        budget_seconds=settings.get("max_seconds"), val_accuracy=(info.get("val_metrics") or {}).get("accuracy"),
+        accuracy_per_second=_per_second(metrics.get("accuracy"), seconds), trainable_parameters=parameters.get("trainable", 0),
         total_parameters=parameters.get("total", 0), image_size=settings.get("image_size", 0),
         metrics_split=info.get("metrics_split", "val"), stopped_by_budget=bool(info.get("stopped_by_budget")),
     )

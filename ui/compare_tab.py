@@ -25,7 +25,8 @@ from ui.uploads import open_upload
 from ui.views import duration, stage_label, stage_unit
 from ui.zoo_tab import ZooTab
 
-COMPARE_COLUMNS = ["strategy", "accuracy", "macro-F1", "seconds", "trainable parameters", "model", "note"]
+COMPARE_COLUMNS = ["strategy", "accuracy", "macro-F1", "seconds", "accuracy per second", "trainable parameters",
+                   "model", "note"]
 
 
 @friendly_errors
@@ -96,7 +97,8 @@ def comparison_frame(comparison) -> pd.DataFrame:
                                             ("stopped by budget", row.stopped_by_budget)) if applies]
         rows.append({"strategy": row.strategy, "accuracy": None if row.accuracy is None else round(row.accuracy, 4),
                      "macro-F1": None if row.macro_f1 is None else round(row.macro_f1, 4),
-                     "seconds": round(row.seconds, 1), "trainable parameters": row.trainable_parameters,
+                     "seconds": round(row.seconds, 1), "accuracy per second": row.accuracy_per_second,
+                     "trainable parameters": row.trainable_parameters,
                      "model": row.name or "", "note": f"failed: {row.error}" if row.error else ", ".join(notes)})
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
 
@@ -104,7 +106,8 @@ def comparison_frame(comparison) -> pd.DataFrame:
 def partial_frame(finished: list[dict]) -> pd.DataFrame:
     """The rows of the runs that finished so far (the full table, with its notes, comes at the end)."""
     rows = [{"strategy": row["strategy"], "accuracy": row["accuracy"], "macro-F1": row["macro_f1"],
-             "seconds": row["seconds"], "trainable parameters": row["trainable_parameters"],
+             "seconds": row["seconds"], "accuracy per second": row.get("accuracy_per_second"),
+             "trainable parameters": row["trainable_parameters"],
              "model": row["model"] or "", "note": f"failed: {row['error']}" if row["error"] else ""}
             for row in finished]
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
@@ -117,7 +120,9 @@ def comparison_summary(comparison) -> str:
             f"train / {comparison.num_val} val / {comparison.num_test} test images; {split} metrics), "
             f"{comparison.seconds:.0f} s in all"
             + (f" within a {duration(budget)} budget." if budget else ", no time budget.")
-            + (f" Auto would choose **{comparison.advised}**." if comparison.advised else "")
+            + (f" Auto would take **{comparison.advised}**"
+               + (" (weighing these runs as its staged search would)." if comparison.auto else ".")
+               if comparison.advised else "")
             + (f" Best here: **{best.strategy}** ({best.accuracy:.1%})." if best else "")
             + " Each run is a model in the zoo.")
 
@@ -157,7 +162,7 @@ def build(demo: gr.Blocks, config: AppConfig, train: TrainTab, zoo: ZooTab, pred
                                info="0: none" + (f" (this app allows at most {config.max_train_seconds:.0f} s)"
                                                  if config.max_train_seconds else ""))
             size = gr.Number(label="Image size (px)", value=0, precision=0, minimum=0,
-                             elem_id="compare-image-size", info="0: each strategy's default")
+                             elem_id="compare-image-size", info="0: chosen from the images")
             name = gr.Textbox(label="Comparison name", elem_id="compare-name", placeholder="empty: DATASET-DATE-TIME")
         dataset = gr.Markdown(compare_dataset_text(None), elem_id="compare-dataset")
         with gr.Row():

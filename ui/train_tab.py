@@ -73,7 +73,8 @@ def inspect_dataset(zip_path: str | None):
         return "", None, [], gr.update(value=None, visible=False), None
     dataset = open_upload(zip_path, app_config())
     facts = {"name": dataset.name, "upload": zip_path, "num_train": len(dataset.train),
-             "num_eval": len(dataset.val) + len(dataset.test), "classes": list(dataset.classes)}
+             "num_eval": len(dataset.val) + len(dataset.test), "classes": list(dataset.classes),
+             "median_side": dataset.median_side}
     skipped = pd.DataFrame([{"file": file, "reason": reason} for file, reason in dataset.skipped[:500]],
                            columns=["file", "reason"])
     return (summary_text(dataset), counts_frame(dataset), thumbnails(dataset),
@@ -118,7 +119,8 @@ def estimate_text(facts: dict | None, backbone: str, strategy: str, image_size, 
     else:
         architecture, native = backbone_facts(backbone_setting(backbone))
         seconds = estimate_seconds(strategy, num_train=facts["num_train"], num_eval=facts["num_eval"],
-                                   image_size=size, epochs=passes, architecture=architecture, native_size=native)
+                                   image_size=size, epochs=passes, architecture=architecture, native_size=native,
+                                   median_side=facts.get("median_side"))
     text = (f"Estimated time{which}: about **{duration(seconds)}**" + ("" if which else " on a 2-core CPU")
             + f" for {facts['num_train']} training and {facts['num_eval']} evaluation images.")
     if not STRATEGIES[strategy].trains_backbone:
@@ -171,7 +173,7 @@ def _fit_estimate(settings: FitSettings, dataset) -> float | None:
     architecture, native = backbone_facts(settings.backbone)
     return estimate_seconds(settings.strategy, num_train=len(dataset.train), num_eval=len(dataset.val) + len(dataset.test),
                             image_size=settings.image_size, epochs=settings.epochs, architecture=architecture,
-                            native_size=native)
+                            native_size=native, median_side=dataset.median_side)
 
 
 def _check_name_free(name: str | None) -> None:
@@ -296,8 +298,8 @@ def build(demo: gr.Blocks, config: AppConfig, zoo: ZooTab, predict: PredictTab) 
                                         placeholder="empty: DATASET-STRATEGY-DATE")
                 with gr.Accordion("More settings", open=False, elem_id="more-settings"):
                     image_size = gr.Number(label="Image size (px)", value=0, precision=0, minimum=0,
-                                           elem_id="image-size", info="0: the strategy's default "
-                                           "(the backbone's own, 224 px for lite0; 128 px when all layers train)")
+                                           elem_id="image-size", info="0: chosen from the images (their median side, "
+                                           "at least 64 px, at most the backbone's own 224 px; 128 px when all layers train)")
                     epochs = gr.Number(label="Epochs", value=0, precision=0, minimum=0, elem_id="epochs",
                                        info="0: the strategy's default")
                     batch_size = gr.Slider(2, 128, value=32, step=1, label="Batch size")

@@ -23,7 +23,7 @@ STAGE_LABELS = {
     "head": "Training the new head", "search": "Choosing where to cut the backbone",
     "warm-up": "Warming up the new head", "train": "Training every layer", "epoch": "Checking on validation images",
     "evaluate": "Evaluating", "save": "Saving to the zoo", "text": "Encoding the texts",
-    "fusion head": "Training the image+text head",
+    "fusion head": "Training the image+text head", "auto": "Auto: weighing what it tried",
 }
 
 
@@ -190,6 +190,10 @@ def advice_text(advice) -> str:
     if similarity.get("stage_accuracy"):
         probe += f", {max(similarity['stage_accuracy']):.0%} on the best earlier stage"
     measured.append(probe)
+    if advice.image_sizes:
+        sizes = sorted(set(advice.image_sizes.values()))
+        measured.append("image size " + " / ".join(f"{px} px" for px in sizes)
+                        + (f" (images {advice.median_side} px, median)" if advice.median_side else ""))
     measured.append("estimated fit: " + ", ".join(f"{name} {duration(seconds)}"
                                                   for name, seconds in advice.estimated_seconds.items()))
     measured.append(f"time budget {duration(advice.budget_seconds)}" if advice.budget_seconds else "no time budget")
