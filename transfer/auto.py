@@ -34,7 +34,7 @@ from zoo.catalog import resolve_weights
 
 log = logging.getLogger(__name__)
 
-Train = Callable[..., Fitted]  # train(strategy_name, warm_head=None) -> the strategy's fit, not yet saved
+Train = Callable[..., Fitted]  # train(strategy_name, warm_head=None, epochs=...) -> its fit, not yet saved
 
 
 def staged_search(dataset: Dataset, train: Train, *, backbone: str, zoo: str | Path | None, image_size: int | None,
@@ -58,7 +58,7 @@ def staged_search(dataset: Dataset, train: Train, *, backbone: str, zoo: str | P
     tried: list[StageResult] = []
     stages = frozen_stages(estimates(), budget_left())
     for done, name in enumerate(stages):
-        fits[name] = train(name)
+        fits[name] = train(name, epochs=None)  # heads stop early on their own; --epochs is for the network
         tried.append(_stage_result(fits[name]))
         run.report(Progress("auto", done + 1, len(stages), message=f"auto tried {_scored(tried[-1])}"))
 

@@ -100,7 +100,8 @@ def fit(
         transfer.json. Or one of `transfer.strategies.STRATEGIES` by name.
     image_size: input size in px (None: chosen from the images, `transfer.strategies.image_size_for`).
     epochs: passes over the images for trainable strategies (default: the strategy's); for frozen
-        ones, the most epochs the head may train on cached features.
+        ones, the most epochs the head may train on cached features (auto's frozen stages keep
+        their own default, early stopping).
     max_seconds: time budget for the whole fit; training stops early (keeping its best epoch) to
         stay within it. should_stop: polled every batch; when it returns True the fit raises
         `transfer.Cancelled` and saves nothing.
@@ -119,8 +120,9 @@ def fit(
     dataset = data if isinstance(data, Dataset) else load_dataset(data, val_fraction=val_fraction, seed=seed)
     encoder = _text_encoder_for(dataset, text_encoder)
 
-    def train(strategy_name: str, warm_head: torch.nn.Linear | None = None) -> Fitted:
-        """One strategy on `dataset` with this fit's settings; nothing saved yet."""
+    def train(strategy_name: str, warm_head: torch.nn.Linear | None = None, epochs: int | None = epochs) -> Fitted:
+        """One strategy on `dataset` with this fit's settings (auto's frozen stages: epochs=None, so
+        `--epochs`, meant for the network, does not cut their heads short); nothing saved yet."""
         begun, plan = time.monotonic(), get_strategy(strategy_name)
         weights = _weights_for(plan, backbone, zoo)
         size = image_size_for(plan, image_size, weights.native_size, dataset.median_side)
