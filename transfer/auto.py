@@ -74,11 +74,11 @@ def staged_search(dataset: Dataset, train: Train, *, backbone: str, zoo: str | P
         run.report(Progress("auto", len(stages), len(stages), message=f"auto goes on to {choice.strategy}: "
                             f"{advice.reasons[-1]}"))
         # stage 2: the trainable strategy, then the better of it and the best frozen result
-        trained = train(choice.strategy, warm_head=warm_head if choice.strategy == "fine-tune" else None)
-        result = _stage_result(trained, "warm-up: feature-extractor's head" if warm_head is not None
-                               and choice.strategy == "fine-tune" else "")
-        if result.detail:
-            trained.outcome.details["warm_up"] = "the feature-extractor head auto trained first"
+        warm = warm_head if choice.strategy == "fine-tune" else None  # from-scratch has no warm-up
+        trained = train(choice.strategy, warm_head=warm)
+        if warm is not None:
+            trained.outcome.details["warm_up"] = "feature-extractor's head, from auto's frozen stage"
+        result = _stage_result(trained, "warm-up: feature-extractor's head" if warm is not None else "")
         strategy, sentence = keep_better(choice, result)
         kept = trained if strategy == choice.strategy else kept
         advice.tried.append(asdict(result))

@@ -272,15 +272,15 @@ def _choice_sentence(strategy: str, verdict: str, best: StageResult, trainable: 
         sentence += (": with this few images per class, retraining the whole network would learn them by heart; "
                      "the best frozen result is the safer model.")
     elif verdict == "not worth it":
-        sentence += (f": {retrain} might add about {hoped:.1%} to {best.strategy}'s {best.accuracy:.1%}, less "
-                     f"than the {needed:.1%} its time is worth (auto asks {MIN_GAIN:.0%} plus "
-                     f"{GAIN_PER_MINUTE:.1%} per minute).")
+        sentence += (f": {retrain} might add about {_points(hoped)} to {best.strategy}'s {best.accuracy:.1%}, "
+                     f"fewer than the {_points(needed)} its time is worth (auto asks {_points(MIN_GAIN)} plus "
+                     f"{_points(GAIN_PER_MINUTE)} per minute).")
     elif verdict == "go on":
-        why = ("its deep layers suit your images, and " if similar else
-               "your images are unlike its training photos, so retraining its layers has much to gain, and ")
-        sentence += (f": the best frozen result is {best.strategy} at {best.accuracy:.1%}; {why}it may add about "
-                     f"{hoped:.1%}, worth its time (auto asks {needed:.1%} here). The fit keeps whichever of the "
-                     "two scores better on validation images.")
+        why = ("the pretrained layers suit your images, yet retraining them" if similar else
+               "your images are unlike what the pretrained layers learned from, so retraining them")
+        sentence += (f": the best frozen result is {best.strategy} at {best.accuracy:.1%}; {why} may add about "
+                     f"{_points(hoped)}, worth its time (auto asks {_points(needed)} here). The fit keeps "
+                     "whichever of the two scores better on validation images.")
     else:
         sentence += "."
     if not fits:
@@ -292,6 +292,11 @@ def _choice_sentence(strategy: str, verdict: str, best: StageResult, trainable: 
         sentence += (f" Worth trying would be {skipped}, but that {verb} your "
                      f"{_duration(budget_seconds)} budget, so this is the best that fits.")
     return sentence
+
+
+def _points(share: float) -> str:
+    """An accuracy difference in percentage points: 0.012 -> "1.2 points"."""
+    return f"{share * 100:.1f} point{'' if round(share * 100, 1) == 1 else 's'}"
 
 
 def _duration(seconds: float | None) -> str:
