@@ -181,7 +181,7 @@ def test_the_reasons_say_what_was_tried_and_why_the_search_stopped_or_went_on():
     assert len(stopped.reasons) == 4
     assert stopped.reasons[2] == ("Tried first, on one cached pass of the pretrained network: feature-extractor 95.0% "
                                   "(1 s), shallow 98.6% (cut after stage 3, 4 s) on validation images.")
-    assert f"at 98.6% the pretrained features already separate" in stopped.reasons[3]
+    assert "at 98.6% the pretrained features already separate" in stopped.reasons[3]
     went_on = choose_strategy(size(240), similarity(COUNTS), COUNTS_ESTIMATES, tried=COUNTS_TRIED)
     assert went_on.reasons[3].startswith("So: fine-tune") and "shallow at 73.8%" in went_on.reasons[3]
     assert "keeps whichever of the two scores better" in went_on.reasons[3]
