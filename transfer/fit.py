@@ -11,7 +11,6 @@ from the held-out `test/` split when there is one, else from validation (and the
 from __future__ import annotations
 
 import logging
-import random
 import re
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import set_seed
 
 from transfer import DataError
 from transfer.data import Dataset, load_dataset
@@ -126,8 +126,7 @@ def fit(
     encoder = _text_encoder_for(dataset, text_encoder)
     if encoder:
         spec.text = text_settings(encoder)
-    torch.manual_seed(seed)
-    random.seed(seed)  # timm's RandomResizedCrop draws from Python's random: the same seed, the same run
+    set_seed(seed)  # Python's random (timm's RandomResizedCrop draws from it), numpy and torch: the same run
     run.report(Progress("start", 0, 1, message=f"{plan.name} on {len(dataset.train)} training images"))
 
     if plan.trains_backbone:
@@ -160,7 +159,8 @@ def fit(
         "stopped_by_budget": run.budget_hit,
         "advice": advice,
         "settings": {"image_size": spec.image_size, "epochs": outcome.epochs, "batch_size": batch_size,
-                     "max_seconds": max_seconds, "seed": seed, "val_fraction": val_fraction},
+                     "max_seconds": max_seconds, "seed": seed, "val_fraction": val_fraction,
+                     "threads": torch.get_num_threads()},  # CPU results depend on it (summation order)
         "train_seconds": train_seconds,
         "versions": {"transfer-zoo": package_version("transfer-zoo"), "torch": torch.__version__,
                      "timm": package_version("timm")},
