@@ -18,6 +18,7 @@ tune_malloc()  # before torch is imported: 2-3x on small CPUs
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import TypeVar  # noqa: E402
@@ -69,6 +70,14 @@ def _data_and_backbone_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--image-size", type=int, help="input size in px (default: 224 frozen, 128 trainable)")
     command.add_argument("--batch-size", type=int, default=32)
     command.add_argument("--zoo", help="zoo folder (default: $ZOO_DIR or ~/.local/share/transfer-zoo)")
+    command.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
+                         help="where to compute (default auto: CUDA, then MPS, else the CPU); under accelerate "
+                              "launch / torchrun the launcher chooses")
+    if command.prog.split()[-1] != "advise":
+        command.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                             help="autocast (default auto: bf16 on a GPU that has it, else fp16 on CUDA; fp32 on a CPU)")
+        command.add_argument("--workers", type=int, metavar="N",
+                             help="data loader processes that decode images (default: the spare CPU cores)")
 
 
 def _output_options(command: argparse.ArgumentParser) -> None:
@@ -81,8 +90,8 @@ def _output_options(command: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING if args.quiet or not main_process() else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         if args.command == "fit":
@@ -108,7 +117,10 @@ def _fit(args: argparse.Namespace) -> int:
         args.data, backbone=args.backbone, strategy=args.strategy, name=args.name, zoo=args.zoo,
         epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
         max_seconds=args.max_seconds, overwrite=args.overwrite, seed=args.seed,
-        text_encoder=args.text_encoder, progress=bar))
+        text_encoder=args.text_encoder, progress=bar, device=args.device, precision=args.precision,
+        workers=args.workers))
+    if not main_process():  # several processes: the main one reports
+        return 0
     for file, reason in result.skipped:
         print(f"skipped {file}: {reason}", file=sys.stderr)
     for warning in result.warnings:
@@ -135,7 +147,8 @@ def _advise(args: argparse.Namespace) -> int:
 
     advice = _with_progress_bar(args, lambda bar: advise(
         args.data, backbone=args.backbone, zoo=args.zoo, image_size=args.image_size, epochs=args.epochs,
-        budget_seconds=args.budget_seconds, batch_size=args.batch_size, seed=args.seed, progress=bar))
+        budget_seconds=args.budget_seconds, batch_size=args.batch_size, seed=args.seed, progress=bar,
+        device=args.device))
     if args.json:
         print(json.dumps(advice.to_json()))
         return 0
@@ -165,7 +178,7 @@ def _compare(args: argparse.Namespace) -> int:
     comparison = _with_progress_bar(args, lambda bar: compare(
         args.data, backbone=args.backbone, budget_seconds=args.budget_seconds, image_size=args.image_size,
         epochs=args.epochs, batch_size=args.batch_size, strategies=args.strategies, name=args.name, zoo=args.zoo,
-        seed=args.seed, progress=bar))
+        seed=args.seed, progress=bar, device=args.device, precision=args.precision, workers=args.workers))
     if args.json:
         print(json.dumps(comparison.to_json()))
         return 0
@@ -181,12 +194,17 @@ def _with_progress_bar(args: argparse.Namespace, work: Callable[["ProgressBar | 
     """Run `work(bar)` with progress on stderr (None with --quiet), closed however it ends.
 
     `advise` prints its advice itself, so its bar does not announce it too."""
-    bar = None if args.quiet else ProgressBar(announce_advice=args.command != "advise")
+    bar = None if args.quiet or not main_process() else ProgressBar(announce_advice=args.command != "advise")
     try:
         return work(bar)
     finally:
         if bar:
             bar.close()
+
+
+def main_process() -> bool:
+    """True unless this is one of the other processes of an `accelerate launch` / `torchrun` run."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 class ProgressBar:
