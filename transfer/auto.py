@@ -66,7 +66,8 @@ def staged_search(dataset: Dataset, train: Train, *, backbone: str, zoo: str | P
     warm_head = _warm_head(fits.get("feature-extractor"))
     left = budget_left()
     now = estimates(head_ready=warm_head is not None)
-    choice = choose_strategy(measured.size, measured.similarity, now, left, tried=tuple(tried))
+    # several processes (accelerate launch, torchrun): all follow the main one's choice
+    choice = run.engine.share(choose_strategy(measured.size, measured.similarity, now, left, tried=tuple(tried)))
     advice = advice_from(measured, choice, now, budget_seconds=None if left is None else round(left, 1),
                          backbone=backbone, image_size=image_size, median_side=dataset.median_side, started=began)
     kept = fits[choice.best_frozen]
@@ -79,7 +80,7 @@ def staged_search(dataset: Dataset, train: Train, *, backbone: str, zoo: str | P
         if warm is not None:
             trained.outcome.details["warm_up"] = "feature-extractor's head, from auto's frozen stage"
         result = _stage_result(trained, "warm-up: feature-extractor's head" if warm is not None else "")
-        strategy, sentence = keep_better(choice, result)
+        strategy, sentence = run.engine.share(keep_better(choice, result))
         kept = trained if strategy == choice.strategy else kept
         advice.tried.append(asdict(result))
         advice.reasons.append(sentence)

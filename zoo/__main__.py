@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--text", action="append", metavar="TEXT",
                          help="image+text models: a text for every image (once), or one per image (repeated)")
     predict.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    predict.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
+                         help="where the model runs (default auto: CUDA, then MPS, else the CPU)")
     rename = command("rename", "rename a model")
     rename.add_argument("old")
     rename.add_argument("new")
@@ -174,7 +176,8 @@ def _predict(args: argparse.Namespace) -> int:
         predict,
     )
 
-    results = predict(args.name, args.images, texts=texts, top_k=args.top_k, zoo=args.zoo, cache=ModelCache(1))
+    results = predict(args.name, args.images, texts=texts, top_k=args.top_k, zoo=args.zoo,
+                      cache=ModelCache(1, device=args.device))
     for image, predictions in zip(args.images, results):
         if args.json:
             print(json.dumps({"image": image, "predictions": predictions}))
