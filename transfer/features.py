@@ -151,7 +151,8 @@ def _chunk_features(dataset, samples, model, spec, batch_size, engine, images, o
                 failed[row] = _decode_error(files, row)
             if ok.any():
                 yield crops[ok]
-            on_batch(int((~ok).sum()))
+            if not ok.all():  # images that failed count as done too (a report per failure, not per batch)
+                on_batch(int((~ok).sum()))
 
     return extract_features(model, batches(), spec, engine=engine, on_batch=on_batch), failed
 
