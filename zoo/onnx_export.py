@@ -158,8 +158,11 @@ class _Exported(torch.nn.Module):
                 present = mask.squeeze(-1).any(dim=1)
             else:
                 features, present = text, text.abs().sum(dim=1) > 0
-            image_present = torch.ones_like(image[:, 0, 0, 0], dtype=torch.bool)
-            logits = self.model.fuse(self.model.image(image), features, image_present, present)
+            # `ImageTextClassifier.fuse` with the image always there, its batch size taken from the
+            # tensors (fuse's len() would be traced as the example's constant)
+            seen = self.model.image_proj(self.model.image(image))
+            read = torch.where(present[:, None], self.model.text_proj(features), self.model.absent_text.expand_as(seen))
+            logits = self.model.head(torch.cat([seen, read], dim=1))
         return logits, logits.softmax(dim=1)
 
 
