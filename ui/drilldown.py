@@ -80,9 +80,11 @@ def after_fit(name: str | None, zip_path: str | None):
                            texts=texts)
     gallery = [(enlarged(item.overlay), f"{row['file']}: {row['true']} taken for {row['predicted']} "
                                         f"({row['score']:.0%})") for row, item in zip(rows, shown)]
-    hint = (f"{report['count']} of {report['evaluated']} {_split_name(report['split'])} images were misclassified. "
-            + CELL_HINT)
-    return {"name": name, "upload": zip_path}, gr.update(visible=True), gallery, hint, []
+    where = _split_name(report["split"])
+    hint = (f"{report['count']} of {report['evaluated']} {where} images were misclassified. " if report["count"]
+            else f"None of the {report['evaluated']} {where} images was misclassified. ") + CELL_HINT
+    return ({"name": name, "upload": zip_path}, gr.update(visible=True),
+            gr.update(value=gallery, visible=bool(gallery)), hint, [])
 
 
 @friendly_errors

@@ -170,7 +170,7 @@ def build(demo: gr.Blocks) -> PredictTab:
                 with gr.Accordion("What the model looked at (Grad-CAM)", open=True):
                     with gr.Row():
                         explain_class = gr.Dropdown([TOP_CLASS], value=TOP_CLASS, label="Heatmap for",
-                                                    elem_id="explain-class", scale=3)
+                                                    allow_custom_value=True, elem_id="explain-class", scale=3)
                         explain_button = gr.Button("Show heatmap", elem_id="explain-button", scale=1)
                     heatmap = gr.Image(type="pil", label="Heatmap", height=260, interactive=False,
                                        elem_id="heatmap")
