@@ -48,7 +48,7 @@ def test_gradcam_of_the_builtin_classifier_peaks_on_the_cup(zoo_path):
     for corner in [(0, 0), (200, 400)]:
         canvas = Image.new("RGB", (800, 800), (128, 128, 128))
         canvas.paste(photo, corner)
-        box = (COFFEE_CUP[0] + corner[0], COFFEE_CUP[1] + corner[1], COFFEE_CUP[2] + corner[0], COFFEE_CUP[3] + corner[1])
+        box = np.add(COFFEE_CUP, corner * 2)  # (left, top, right, bottom) on the canvas
         shown = explain(loaded, canvas)
         assert shown.label == "espresso" and shown.layer == "blocks.6"
         assert shown.heatmap.shape == (224, 224) and shown.overlay.size == (224, 224)

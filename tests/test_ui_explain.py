@@ -73,7 +73,8 @@ def test_drill_down_shows_each_cells_images_and_the_most_confidently_wrong(digit
     assert state == {"name": "digits-drill", "upload": digits_upload} and box["visible"] is True
     assert wrong["visible"] is True and len(wrong["value"]) == min(MOST_WRONG, errors["count"])
     first = errors["files"][0]  # the most confidently wrong comes first, captioned with what happened
-    assert wrong["value"][0][1] == f"{first['file']}: {first['true']} taken for {first['predicted']} ({first['score']:.0%})"
+    caption = f"{first['file']}: {first['true']} taken for {first['predicted']} ({first['score']:.0%})"
+    assert wrong["value"][0][1] == caption
     assert f"{errors['count']} of 40 validation images were misclassified" in hint
 
     for true, row in enumerate(matrix):

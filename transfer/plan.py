@@ -39,8 +39,8 @@ class FitPlan:
         return asdict(self)
 
     def text(self) -> str:
-        trains_backbone = get_strategy(self.strategy).trains_backbone
-        epochs = f"{self.epochs}" if trains_backbone else f"up to {self.epochs} (a head on cached features; stops early)"
+        epochs = (str(self.epochs) if get_strategy(self.strategy).trains_backbone
+                  else f"up to {self.epochs} (a head on cached features; stops early)")
         lines = [
             f"strategy   {self.strategy}" + (" (auto: " + " ".join(self.reasons) + ")" if self.reasons else ""),
             f"backbone   {self.backbone} at {self.image_size} px",
@@ -89,9 +89,9 @@ def plan_fit(
     weights = weights_for(plan, backbone, zoo)
     size = image_size_for(plan, image_size, weights.native_size)
     if reasons is None:
-        seconds = estimate_seconds(plan.name, num_train=len(dataset.train), num_eval=len(dataset.val) + len(dataset.test),
-                                   image_size=size, epochs=epochs, architecture=weights.architecture,
-                                   native_size=weights.native_size)
+        seconds = estimate_seconds(plan.name, num_train=len(dataset.train),
+                                   num_eval=len(dataset.val) + len(dataset.test), image_size=size, epochs=epochs,
+                                   architecture=weights.architecture, native_size=weights.native_size)
     return FitPlan(
         strategy=plan.name, backbone=backbone, epochs=epochs or (plan.epochs if plan.trains_backbone else HEAD_EPOCHS),
         image_size=size, num_train=len(dataset.train), num_val=len(dataset.val), num_test=len(dataset.test),

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = command("export", "write a model as one zip (to import elsewhere) or as an ONNX file")
     export.add_argument("name")
     export.add_argument("--format", choices=("zip", "onnx"), default="zip",
-                        help="zip: the zoo folder (default); onnx: the network for onnxruntime, checked against PyTorch")
+                        help="zip: the zoo folder (default); onnx: for onnxruntime, checked against PyTorch")
     export.add_argument("--output", metavar="FILE", help="the file to write (default: NAME.zip or NAME.onnx here)")
     importing = command("import", "add a model from a zip written by export")
     importing.add_argument("archive", metavar="ZIP")

@@ -25,9 +25,7 @@ another size than the one traced and its probabilities are compared with the PyT
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ import torch
 
 from zoo import ZooError
 from zoo.catalog import load_model
+from zoo.files import new_file, written_aside
 from zoo.images import ImageSource, open_image
 from zoo.model import ModelSpec, center_crop_uint8, normalize
 from zoo.store import validate_name
@@ -62,33 +61,19 @@ def export_onnx(name: str, *, output: str | Path | None = None, zoo: str | Path 
     check it against PyTorch with onnxruntime, and return where it is and how close it came."""
     started = time.monotonic()
     validate_name(name)
-    output = Path(output).expanduser() if output else Path.cwd() / f"{name}.onnx"
-    if output.suffix.lower() != ".onnx":
-        raise ZooError(f"{output}: give a file name ending in .onnx")
-    if output.exists():
-        raise ZooError(f"{output} already exists; choose another --output or delete it first.")
-    if not output.parent.is_dir():
-        raise ZooError(f"{output.parent} is not a folder; create it first.")
+    output = new_file(output, Path.cwd() / f"{name}.onnx", ".onnx")
     model, entry = load_model(name, zoo=zoo)
     spec = entry.spec
     graph = _Exported(model, spec).eval()  # eval: the exporter restores every submodule to the wrapper's mode
     inputs = input_names(spec)
     example = _check_inputs(spec, batch=2, seed=0)
-    partial = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
+    with written_aside(output) as partial:  # in place only once the check has passed
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
             torch.onnx.export(graph, tuple(example.values()), str(partial), dynamo=False, opset_version=OPSET,
                               input_names=inputs, output_names=OUTPUTS, dynamic_axes=_dynamic_axes(inputs))
         _write_metadata(partial, name, entry.info, spec)
         difference = check_against_pytorch(partial, model, spec)
-        os.link(partial, output)  # refuses (EEXIST) rather than replace a file made meanwhile
-    except FileExistsError:
-        raise ZooError(f"{output} already exists; choose another --output or delete it first.") from None
-    except OSError as error:
-        raise ZooError(f"Cannot write {output}: {error.strerror or error}") from None
-    finally:
-        partial.unlink(missing_ok=True)
     return OnnxExport(path=output, spec=spec, size_bytes=output.stat().st_size,
                       seconds=round(time.monotonic() - started, 2), max_difference=difference, inputs=inputs)
 
@@ -246,5 +231,5 @@ def _write_metadata(path: Path, name: str, info: dict, spec: ModelSpec) -> None:
     for key, value in facts.items():
         graph.metadata_props.add(key=key, value=value)
     graph.producer_name = "transfer-zoo"
-    graph.doc_string = f"{name}: {spec.architecture}, {spec.num_classes} classes; inputs and metadata: see zoo.onnx_export"
+    graph.doc_string = f"{name}: {spec.architecture}, {spec.num_classes} classes (inputs, metadata: zoo.onnx_export)"
     onnx.save(graph, str(path))
