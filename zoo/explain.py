@@ -106,7 +106,11 @@ def explain_images(
     with torch.enable_grad(), GradCAM(model=network, target_layers=[network.model.get_submodule(layer)]) as cam:
         logits = network(batch).detach()
         chosen = [int(logits[row].argmax()) if index is None else index for row, index in enumerate(wanted)]
-        heatmaps = cam(input_tensor=batch, targets=[ClassifierOutputTarget(index) for index in chosen])
+        try:
+            heatmaps = cam(input_tensor=batch, targets=[ClassifierOutputTarget(index) for index in chosen])
+        except ValueError as error:  # grad-cam's own check: the layer's output is not an image-shaped map
+            raise ZooError(f"Grad-CAM cannot read the output of {spec.architecture}'s stage '{layer}' as a map "
+                           f"over the image ({error}); it works for convolutional backbones.") from None
     probabilities = logits.float().softmax(dim=1)
     shown = []
     for row, (picture, index) in enumerate(zip(pictures, chosen)):
