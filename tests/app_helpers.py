@@ -91,3 +91,12 @@ def value(output):
 def user_models(table: dict) -> list[str]:
     """The names in the zoo table, without the built-in ImageNet classifiers every zoo lists."""
     return [row["name"] for row in table_rows(table) if row["name"] not in BUNDLED]
+
+
+def wait_for_update(job, condition) -> tuple:
+    """The first update of a running gradio_client job that satisfies `condition`, waiting for each
+    update as it arrives (on the job's own events, not on a clock); fails if the job ends first."""
+    for update in job:
+        if condition(update):
+            return update
+    raise AssertionError(f"the job ended before the awaited update: {job.outputs()[-1:] or job.status()}")

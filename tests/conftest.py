@@ -114,3 +114,20 @@ def trained(client, colours_zip, app_zoo):
     job = train(client, colours_zip, name="colours-fe")
     updates = list(job)
     return updates, job.result(), time.monotonic() - started
+
+
+# --- the browser tests' skip, in the line a user reads last --------------------------------------------
+
+
+def pytest_report_teststatus(report, config):
+    """A browser test skipped for want of Chromium is counted apart, so the final summary line says
+    "3 browser tests skipped (no chromium)" rather than hiding it among the other skips."""
+    if report.skipped and "browser" in report.keywords and "chromium" in str(report.longrepr).lower():
+        return "browser tests skipped (no chromium)", "s", "SKIPPED (no chromium: apt-get install -y chromium)"
+    return None
+
+
+def pytest_terminal_summary(terminalreporter):
+    if terminalreporter.stats.get("browser tests skipped (no chromium)"):
+        terminalreporter.write_line("The browser tests need Debian's Chromium: sudo apt-get install -y chromium "
+                                    "(see README, Testing); everything else ran.", yellow=True, bold=True)

@@ -303,14 +303,17 @@ def test_cli_advise_json(zoo_path):
     assert len(result["reasons"]) == 3 and result["budget_seconds"] == 120
 
 
-def test_cli_fit_defaults_to_auto_and_says_why(zoo_path, capsys):
-    from transfer.__main__ import main
-
-    assert main(["fit", str(ASSETS / "digits"), "--image-size", "64", "--zoo", str(zoo_path),
-                 "--name", "cli-auto-digits", "--quiet"]) == 0
-    out = capsys.readouterr().out
+def test_cli_fit_defaults_to_auto_and_says_why(zoo_path):
+    done = run_cli("transfer", "fit", str(ASSETS / "digits"), "--image-size", "64", "--zoo", str(zoo_path),
+                   "--name", "cli-auto-digits")  # piped, as in a log or CI
+    assert done.returncode == 0, done.stderr
+    out, err = done.stdout, done.stderr
     assert "cli-auto-digits: shallow on tf_efficientnet_lite0" in out
     assert "auto chose shallow: You have 160 training images" in out
+    assert "You have 160 training images" not in err  # the reasons come once, on stdout
+    assert "auto chose shallow" in err  # ... while the progress says what is about to run
+    assert f"next: python -m zoo --zoo {zoo_path} predict cli-auto-digits" in out
+    assert "\r" not in err and "it/s" not in err  # piped: plain lines, no progress-bar redraws
     info = json.loads((zoo_path / "cli-auto-digits" / "transfer.json").read_text())
     assert info["strategy"] == info["advice"]["strategy"] == "shallow"
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from transfer import DataError
 from transfer.data import load_dataset
-from transfer.loading import decode_images
+from transfer.loading import scan_images
 
 
 def make_folder(root: Path, counts: dict[str, int], size=(24, 24)) -> Path:
@@ -61,7 +61,8 @@ def test_zip_with_one_wrapping_folder(tmp_path):
     archive = zip_folder(folder, tmp_path / "pets.zip", wrap="my photos")
     data = load_dataset(archive)
     assert data.classes == ["cat", "dog"] and data.name == "my photos"
-    images, hashes, errors = decode_images(data, data.train, shorter_side=16)
+    scan = scan_images(data, data.train, shorter_side=16, keep=True)
+    images, hashes, errors = scan.images, scan.hashes, scan.errors
     assert all(image.mode == "RGB" and min(image.size) == 16 for image in images)
     assert errors == [None] * len(data.train) and len(set(hashes)) == len(hashes)
 
@@ -88,7 +89,7 @@ def test_truncated_image_fails_at_decode_and_is_reported(tmp_path):
     (root / "cat" / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     data = load_dataset(root)  # the header is intact: scanning keeps it
     samples = data.train + data.val
-    images, _, errors = decode_images(data, samples, shorter_side=16)
+    errors = scan_images(data, samples, shorter_side=16).errors
     failed = [(s.relpath, e) for s, e in zip(samples, errors) if e]
     assert failed and failed[0][0] == "cat/cut.jpg" and "truncated" in failed[0][1]
 

@@ -9,7 +9,9 @@ client, and runs once the first is cancelled. Then: the token is in the app's en
 used, yet appears in no page, config, API answer, error, log line or saved model file.
 
 Small on purpose (32 px images, a tiny random network to predict with, 24-image fits): under a
-minute on 2 cores. The timings that matter are in benchmarks/app_load.py.
+minute on 2 cores. The running fit is made far longer than the predictions (500 epochs at 128 px,
+cancelled once they are done), so "still running after the last answer" does not depend on how
+busy the machine is. The timings that matter are in benchmarks/app_load.py.
 """
 
 from __future__ import annotations
@@ -83,13 +85,14 @@ def app(zoo, tmp_path_factory) -> Iterator[RunningApp]:
 def test_eight_users_predict_while_a_fine_tune_runs_and_a_second_one_waits_its_turn(app, files, zoo):
     from gradio_client.utils import Status
 
-    busy = Fit(app.url, files["zip"], strategy="from-scratch", name="busy", image_size=32, epochs=500, batch_size=8,
-               backbone="zoo:tiny")
+    # a fit that cannot end by itself while 200 predictions are answered: 500 epochs of lite0 at 128 px
+    # take minutes of CPU, twenty times what the predictions need, however loaded the machine is
+    busy = Fit(app.url, files["zip"], strategy="from-scratch", name="busy", image_size=128, epochs=500, batch_size=8)
     training_since = busy.wait_until_training(timeout=120)
     # a second user's fine-tune: it waits, and its client sees where it stands
     queued = Fit(app.url, files["zip"], strategy="from-scratch", name="queued", image_size=32, epochs=2,
                  batch_size=8)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 300  # a guard against a hang, not a speed limit
     while not any(status.code == Status.IN_QUEUE and status.rank is not None for _, status in queued.statuses):
         assert time.monotonic() < deadline, queued.statuses[-3:]
         time.sleep(0.05)

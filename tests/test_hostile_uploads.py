@@ -15,7 +15,7 @@ from PIL import Image
 
 from transfer import DataError
 from transfer.data import Limits, load_dataset
-from transfer.loading import decode_images
+from transfer.loading import scan_images
 from zoo import ZooError
 from zoo.images import ImageError, open_image
 
@@ -102,9 +102,9 @@ def test_zip_bomb_is_refused_on_the_bytes_actually_read(tmp_path):
     assert info.file_size / info.compress_size > 500  # the attack is real: tiny on disk, huge unpacked
     data = load_dataset(bomb)  # scanning reads headers only: 12 MP is within the pixel limit
     with pytest.raises(DataError, match="flat.bmp expands .*x when unpacked: the zip looks like a zip bomb"):
-        decode_images(data, data.train + data.val, shorter_side=16)
+        scan_images(data, data.train + data.val, shorter_side=16)
     with pytest.raises(DataError, match="flat.bmp is larger than 16 MB"):
-        decode_images(load_dataset(bomb, limits=Limits(max_file_bytes=16 << 20)), data.train + data.val,
+        scan_images(load_dataset(bomb, limits=Limits(max_file_bytes=16 << 20)), data.train + data.val,
                       shorter_side=16)
 
 
@@ -131,7 +131,7 @@ def test_lying_zip_header_cannot_smuggle_extra_bytes(tmp_path):
     assert zipfile.ZipFile(path).getinfo("dog/liar.png").file_size == len(png_bytes())
     data = load_dataset(path)
     samples = data.train + data.val
-    _, _, errors = decode_images(data, samples, shorter_side=16)
+    errors = scan_images(data, samples, shorter_side=16).errors
     problems = dict(data.skipped) | {s.relpath: e for s, e in zip(samples, errors) if e}
     assert "damaged zip entry" in problems["dog/liar.png"], problems
 
@@ -177,7 +177,7 @@ def test_total_size_limit_counts_bytes_read(tmp_path):
     sizes = [info.file_size for info in zipfile.ZipFile(archive).infolist()]
     data = load_dataset(archive, limits=Limits(max_total_bytes=sum(sizes) - 1))
     with pytest.raises(DataError, match=r"larger than [0-9.]+ KB in all"):
-        decode_images(data, data.train + data.val, shorter_side=16)
+        scan_images(data, data.train + data.val, shorter_side=16)
 
 
 class _Payload:

@@ -59,12 +59,25 @@ def test_shallow_chooses_its_cut_on_validation(frozen):
 
 def test_fine_tune_beats_from_scratch_with_the_same_budget(trained):
     scratch, tuned = trained["from-scratch"], trained["fine-tune"]
-    assert scratch.metrics["accuracy"] >= 0.30, scratch.history
-    assert tuned.metrics["accuracy"] > scratch.metrics["accuracy"]
+    # measured with these settings over seeds 0-9 at 1 and 2 threads: from-scratch 0.28-0.46,
+    # fine-tune 0.78-0.88, a gap of at least 0.34 (chance is 0.10)
+    assert scratch.metrics["accuracy"] >= 0.20, scratch.history  # a random start learns: twice chance
+    assert tuned.metrics["accuracy"] >= scratch.metrics["accuracy"] + 0.25  # pretrained wins, and by far
     assert tuned.trainable_parameters == tuned.total_parameters  # everything trained in phase 2
     phases = [row["phase"] for row in tuned.history]
     assert phases[0] == "warm-up" and phases[-1] == "train"
     assert "warm-up" not in [row["phase"] for row in scratch.history]
+
+
+def test_the_same_seed_gives_the_same_model(digits_small, tmp_path):
+    """Split, initialisation, augmentation and batch order all follow `seed`; the threads are recorded."""
+    runs = [fit(digits_small, strategy="from-scratch", zoo=tmp_path, name=f"again-{n}", seed=7, image_size=32,
+                epochs=1, batch_size=16) for n in range(2)]
+    first, second = ([{k: v for k, v in row.items() if k not in ("seconds", "train_images_per_second")}
+                      for row in run.history] for run in runs)
+    assert first == second and runs[0].metrics == runs[1].metrics
+    settings = json.loads((runs[0].path / "transfer.json").read_text())["settings"]
+    assert settings["seed"] == 7 and settings["threads"] == torch.get_num_threads()
 
 
 def test_saved_models_reload_in_a_fresh_process_with_the_same_probabilities(frozen, trained, zoo_path):

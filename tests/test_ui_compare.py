@@ -10,7 +10,7 @@ import pytest
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
-from app_helpers import table_rows
+from app_helpers import table_rows, wait_for_update
 from zoo.catalog import remove_model
 
 
@@ -46,10 +46,7 @@ def test_compare_runs_all_four_strategies_into_the_zoo(trained, client, colours_
 def test_cancel_stops_a_comparison_and_keeps_the_finished_runs(trained, client, colours_zip, app_zoo):
     job = client.submit(handle_file(str(colours_zip)), "tf_efficientnet_lite0", 0, 64, "cmp-stop",
                         api_name="/compare")  # no budget: from-scratch would run its full schedule
-    deadline = time.monotonic() + 120
-    while not any("**Running fine-tune" in update[0] for update in job.outputs()):
-        assert time.monotonic() < deadline and not job.done(), job.outputs()[-1:] or job.status()
-        time.sleep(0.2)
+    wait_for_update(job, lambda update: update[0].startswith("**Running fine-tune"))
     # each finished run's row shows as soon as it ends, before the whole comparison does
     partial = [update[2] for update in job.outputs()
                if update[0].startswith("**Running") and isinstance(update[2], dict) and update[2].get("data")]

@@ -19,6 +19,7 @@ tune_malloc()  # before torch is imported: 2-3x on small CPUs
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import TypeVar  # noqa: E402
@@ -72,18 +73,28 @@ def _data_and_backbone_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--image-size", type=int, help="input size in px (default: 224 frozen, 128 trainable)")
     command.add_argument("--batch-size", type=int, default=32)
     command.add_argument("--zoo", help="zoo folder (default: $ZOO_DIR or ~/.local/share/transfer-zoo)")
+    command.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
+                         help="where to compute (default auto: CUDA, then MPS, else the CPU); under accelerate "
+                              "launch / torchrun the launcher chooses")
+    if command.prog.split()[-1] != "advise":
+        command.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                             help="autocast (default auto: bf16 on a GPU that has it, else fp16 on CUDA; fp32 on a CPU)")
+        command.add_argument("--workers", type=int, metavar="N",
+                             help="data loader processes that decode images (default: the spare CPU cores)")
 
 
 def _output_options(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--seed", type=int, default=0)
+    command.add_argument("--seed", type=int, default=0,
+                         help="random seed of the split, initialisation, augmentation and batch order (default 0): "
+                              "the same seed, data and number of CPU threads give the same model")
     command.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
     command.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING if args.quiet or not main_process() else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         if args.command == "fit":
@@ -107,32 +118,32 @@ def _fit(args: argparse.Namespace) -> int:
         return _plan(args)
     from transfer.fit import fit
 
-    bar = None if args.quiet else ProgressBar()
-    try:
-        result = fit(
-            args.data, backbone=args.backbone, strategy=args.strategy, name=args.name, zoo=args.zoo,
-            epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
-            max_seconds=args.max_seconds, overwrite=args.overwrite, seed=args.seed,
-            text_encoder=args.text_encoder, progress=bar,
-        )
-    finally:
-        if bar:
-            bar.close()
+    result = _with_progress_bar(args, lambda bar: fit(
+        args.data, backbone=args.backbone, strategy=args.strategy, name=args.name, zoo=args.zoo,
+        epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
+        max_seconds=args.max_seconds, overwrite=args.overwrite, seed=args.seed,
+        text_encoder=args.text_encoder, progress=bar, device=args.device, precision=args.precision,
+        workers=args.workers))
+    if not main_process():  # several processes: the main one reports
+        return 0
     for file, reason in result.skipped:
         print(f"skipped {file}: {reason}", file=sys.stderr)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_json()))
-    else:
-        m = result.metrics
-        print(f"{result.name}: {result.strategy} on {result.backbone}, {len(result.classes)} classes, "
-              f"{result.num_train} train / {result.num_val} val images")
-        if result.advice:
-            print(f"  auto chose {result.strategy}: {' '.join(result.advice['reasons'])}")
-        print(f"  {result.metrics_split} accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} "
-              f"in {result.train_seconds:.1f} s")
-        print(f"  saved to {result.path}")
+        return 0
+    m = result.metrics
+    print(f"{result.name}: {result.strategy} on {result.backbone}, {len(result.classes)} classes, "
+          f"{result.num_train} train / {result.num_val} val images")
+    if result.advice:
+        print(f"  auto chose {result.strategy}: {' '.join(result.advice['reasons'])}")
+    print(f"  {result.metrics_split} accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} "
+          f"in {result.train_seconds:.1f} s")
+    print(f"  saved to {result.path}")
+    zoo_option = f" --zoo {args.zoo}" if args.zoo else ""
+    print(f"next: python -m zoo{zoo_option} predict {result.name} IMAGE.jpg   "
+          f"(or `python app.py`: it is in the Predict tab)")
     return 0
 
 
@@ -141,7 +152,8 @@ def _plan(args: argparse.Namespace) -> int:
 
     plan = _with_progress_bar(args, lambda bar: plan_fit(
         args.data, backbone=args.backbone, strategy=args.strategy, epochs=args.epochs, image_size=args.image_size,
-        batch_size=args.batch_size, max_seconds=args.max_seconds, seed=args.seed, zoo=args.zoo, progress=bar))
+        batch_size=args.batch_size, max_seconds=args.max_seconds, seed=args.seed, zoo=args.zoo, progress=bar,
+        device=args.device))
     print(json.dumps(plan.to_json()) if args.json else plan.text())
     return 0
 
@@ -151,7 +163,8 @@ def _advise(args: argparse.Namespace) -> int:
 
     advice = _with_progress_bar(args, lambda bar: advise(
         args.data, backbone=args.backbone, zoo=args.zoo, image_size=args.image_size, epochs=args.epochs,
-        budget_seconds=args.budget_seconds, batch_size=args.batch_size, seed=args.seed, progress=bar))
+        budget_seconds=args.budget_seconds, batch_size=args.batch_size, seed=args.seed, progress=bar,
+        device=args.device))
     if args.json:
         print(json.dumps(advice.to_json()))
         return 0
@@ -162,15 +175,16 @@ def _advise(args: argparse.Namespace) -> int:
     print(f"size: {size['num_train']} training images, {size['num_classes']} classes, "
           f"{size['median_per_class']:g} per class (median; smallest {size['smallest_class']}): {size['size_class']}")
     shift = similarity["feature_shift"]
-    stages = " ".join(f"{accuracy:.2f}" for accuracy in similarity["stage_accuracy"])
+    stages = " ".join(f"{accuracy:.0%}" for accuracy in similarity["stage_accuracy"])
     print(f"similarity: {'similar' if similarity['similar'] else 'different'}; feature shift "
           f"{'n/a' if shift is None else f'{shift:.3f}'} (similar up to {advice.thresholds['shift_similar']:g}); "
-          f"probe accuracy by stage [{stages}], final {similarity['final_accuracy']:.2f} "
+          f"probe accuracy by stage [{stages}], final {similarity['final_accuracy']:.0%} "
           f"({similarity['probe_images']} images at {similarity['image_size']} px)")
     print("estimated seconds: " + ", ".join(f"{name} {seconds:g}" for name, seconds in advice.estimated_seconds.items())
           + (f" (budget {advice.budget_seconds:g})" if advice.budget_seconds else "")
           + (f"; this machine ran the feature pass {advice.speed:g}x as long as the cost model expects, "
              "and the estimates allow for it" if advice.speed != 1 else ""))
+    print(f"next: python -m transfer fit {args.data}   (auto takes this advice; the measured features are cached)")
     return 0
 
 
@@ -180,7 +194,7 @@ def _compare(args: argparse.Namespace) -> int:
     comparison = _with_progress_bar(args, lambda bar: compare(
         args.data, backbone=args.backbone, budget_seconds=args.budget_seconds, image_size=args.image_size,
         epochs=args.epochs, batch_size=args.batch_size, strategies=args.strategies, name=args.name, zoo=args.zoo,
-        seed=args.seed, progress=bar))
+        seed=args.seed, progress=bar, device=args.device, precision=args.precision, workers=args.workers))
     if args.json:
         print(json.dumps(comparison.to_json()))
         return 0
@@ -193,8 +207,10 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _with_progress_bar(args: argparse.Namespace, work: Callable[["ProgressBar | None"], T]) -> T:
-    """Run `work(bar)` with a progress bar on stderr (None with --quiet), closed however it ends."""
-    bar = None if args.quiet else ProgressBar()
+    """Run `work(bar)` with progress on stderr (None with --quiet), closed however it ends.
+
+    `advise` prints its advice itself, so its bar does not announce it too."""
+    bar = None if args.quiet or not main_process() else ProgressBar(announce_advice=args.command != "advise")
     try:
         return work(bar)
     finally:
@@ -202,19 +218,33 @@ def _with_progress_bar(args: argparse.Namespace, work: Callable[["ProgressBar | 
             bar.close()
 
 
+def main_process() -> bool:
+    """True unless this is one of the other processes of an `accelerate launch` / `torchrun` run."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 class ProgressBar:
-    """Renders `transfer.train.Progress` events on stderr: one tqdm bar per stage, a line per epoch."""
+    """Renders `transfer.progress.Progress` events on stderr: in a terminal, one tqdm bar per stage and
+    a line per epoch; when stderr is a file or a pipe, plain lines only (a line per stage and per
+    epoch), so a log is not littered with bar redraws."""
 
     UNITS = {"read": "img", "features": "img", "train": "step", "probe": "stage"}  # other stages count epochs
 
-    def __init__(self):
+    def __init__(self, *, announce_advice: bool = True, interactive: bool | None = None):
         self.bar = None
         self.stage = None
+        self.announce_advice = announce_advice
+        self.interactive = sys.stderr.isatty() if interactive is None else interactive
 
     def __call__(self, event) -> None:
         from tqdm import tqdm
 
-        if event.stage in ("start", "save", "evaluate", "advice", "compare"):
+        if event.stage == "advice":  # "auto chose X: <reasons>"; the reasons come once, with the result
+            self.close()
+            if self.announce_advice:
+                print(event.message.split(": ", 1)[0] + " (why: see the end)", file=sys.stderr)
+            return
+        if event.stage in ("start", "save", "evaluate", "compare"):
             self.close()
             if event.message:
                 print(event.message, file=sys.stderr)
@@ -230,14 +260,18 @@ class ProgressBar:
             scores = ", ".join(f"{k} {v:.3f}" for k, v in event.metrics.items())
             tqdm.write(f"epoch {event.epoch}/{event.total}: {scores}", file=sys.stderr)
             return
-        if event.stage != self.stage or self.bar is None:
+        if event.stage != self.stage:
             self.close()
-            self.bar = tqdm(total=event.total, desc=event.stage, unit=self.UNITS.get(event.stage, "epoch"),
-                            file=sys.stderr, leave=False, dynamic_ncols=True)
             self.stage = event.stage
-        if event.metrics:
-            self.bar.set_postfix({k: round(v, 3) for k, v in event.metrics.items()}, refresh=False)
-        self.bar.update(event.done - self.bar.n)  # redraws at most every tqdm mininterval
+            if self.interactive:
+                self.bar = tqdm(total=event.total, desc=event.stage, unit=self.UNITS.get(event.stage, "epoch"),
+                                file=sys.stderr, leave=False, dynamic_ncols=True)
+            else:
+                print(f"{event.stage}: {event.total} {self.UNITS.get(event.stage, 'epoch')}s", file=sys.stderr)
+        if self.bar is not None:
+            if event.metrics:
+                self.bar.set_postfix({k: round(v, 3) for k, v in event.metrics.items()}, refresh=False)
+            self.bar.update(event.done - self.bar.n)  # redraws at most every tqdm mininterval
 
     def close(self) -> None:
         if self.bar is not None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from transfer.data import Dataset, load_dataset
+from transfer.engine import Engine, make_engine
 from transfer.decide import (
     DEPTH_MARGIN,
     EASY_ACCURACY,
@@ -88,6 +89,8 @@ def advise(
     seed: int = 0,
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    device: str = "auto",
+    engine: Engine | None = None,
 ) -> Advice:
     """Measure `data` against `backbone` and recommend a strategy (see the module docstring).
 
@@ -95,10 +98,11 @@ def advise(
     runs at the frozen strategies' size, so their fit finds its features in the cache.
     budget_seconds: the time the fit may take; strategies estimated to need more are passed over.
     should_stop: polled during the pass; True raises `transfer.Cancelled`.
+    device: where the pass runs (`zoo.devices`); engine: a fit's own (`transfer.engine`), instead.
     """
     started = time.monotonic()
     check_image_size(image_size)
-    run = Run(progress=progress, should_stop=should_stop)
+    run = Run(progress=progress, should_stop=should_stop, engine=engine or make_engine(device))
     dataset = data if isinstance(data, Dataset) else load_dataset(data, val_fraction=val_fraction, seed=seed)
     weights = resolve_weights(backbone, zoo=zoo)
     size = measure_size(dataset)

@@ -144,11 +144,15 @@ def compare(
     seed: int = 0,
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    workers: int | None = None,
 ) -> Comparison:
     """Fit `data` under each of `strategies` on one split within `budget_seconds`; see the module docstring.
 
     name: the comparison's id, and the prefix of its models' names (default: DATA-TIMESTAMP).
     image_size / epochs: passed to every fit (None: each strategy's default).
+    device / precision / workers: where every fit runs (see `transfer.fit.fit`).
     """
     from transfer.advise import advise, estimate_fits
     from transfer.fit import fit
@@ -164,7 +168,8 @@ def compare(
     _check_names_free(names.values(), zoo)
 
     advice = advise(dataset, backbone=backbone, zoo=zoo, image_size=image_size, epochs=epochs,
-                    budget_seconds=budget_seconds, batch_size=batch_size, progress=progress, should_stop=should_stop)
+                    budget_seconds=budget_seconds, batch_size=batch_size, progress=progress, should_stop=should_stop,
+                    device=device)
     weights = resolve_weights(backbone, zoo=zoo)
     frozen_size = image_size_for("feature-extractor", image_size, weights.native_size)
     cached_size = frozen_size if advice.size["size_class"] == "small" else None  # the advice's pass
@@ -180,7 +185,8 @@ def compare(
             f"{strategy} ({position + 1}/{len(order)})" + (f", {share:.0f} s of the budget" if share else ""))))
         rows.append(_run_one(fit, dataset, strategy, names[strategy], estimates[strategy], share, marker,
                              began_after=round(spent, 1), backbone=backbone, zoo=zoo, image_size=image_size, epochs=epochs, batch_size=batch_size,
-                             seed=seed, progress=progress, should_stop=should_stop))
+                             seed=seed, progress=progress, should_stop=should_stop, device=device,
+                             precision=precision, workers=workers))
         row = rows[-1]
         run.report(Progress("compare-row", position + 1, len(order), message=f"{strategy} done", metrics={
             "strategy": strategy, "accuracy": row.accuracy, "macro_f1": row.macro_f1, "seconds": row.seconds,

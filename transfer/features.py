@@ -1,152 +1,88 @@
-"""Cached frozen features: one forward pass of the frozen backbone, reused by every frozen fit.
+"""Frozen features: one forward pass of the frozen backbone, streamed, cached, reused by every frozen fit.
 
 One pass over the images records, per image, the pooled output of EVERY backbone stage plus the
 final pre-logits features (timm's `forward_intermediates`). `feature-extractor` trains its head on
 the final features, `shallow` probes each stage to choose its cut, `fine-tune` warms its head up on
-them, and a repeat fit of the same data and backbone (or `compare`) skips the pass altogether.
+them, and a repeat fit of the same data and backbone (or `compare`) skips the pass altogether
+(`transfer.feature_cache`: keyed by the weights, the input settings and the images' contents).
 
-Caches live in `<zoo>/cache/features/`, one safetensors file per (weights, input settings, set of
-image contents); the oldest files are evicted past a size cap (`TRANSFER_FEATURE_CACHE_MB`).
+The pass streams: images are read and decoded in the loader's workers a batch at a time (or taken
+from the scan's decoded images on the fast path), run on the engine's device with BatchNorm folded
+into the convolutions (`zoo.model.fused_for_inference`) under the engine's autocast, and each chunk
+of `FEATURE_CHUNK` images is written to the cache as soon as it is done. With several processes
+each computes its own chunks and all get every chunk.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 from typing import Any
 
-import safetensors.torch
 import torch
 
 from transfer.data import Dataset, drop_failed
-from transfer.loading import content_hashes, decode_images
+from transfer.engine import cpu_engine
+from transfer.feature_cache import (
+    Features,
+    cache_key,
+    cached_text_inputs,
+    load_cached,
+    load_part,
+    store_cached,
+    store_part,
+)
+from transfer.loading import ImageFiles, Scan, loader, scan_images
 from transfer.progress import Progress, Run
-from transfer.train import eval_crops
-from zoo import zoo_dir
-from zoo.model import ModelSpec, fused_for_inference, normalize
+from zoo.model import ModelSpec, center_crop_uint8, fused_for_inference, normalize
 from zoo.weights import Weights
 
 log = logging.getLogger(__name__)
 
-FEATURE_CHUNK = 256  # images decoded at a time in the streamed feature pass
-
-CACHE_VERSION = 1
-CACHE_CAP_BYTES = int(os.environ.get("TRANSFER_FEATURE_CACHE_MB", 2048)) << 20
-
-
-@dataclass
-class Features:
-    final: torch.Tensor  # (N, num_features): what the model's classifier sees
-    stages: list[torch.Tensor]  # per backbone stage k: (N, channels_k), global-average pooled
-
-    def select(self, rows: list[int]) -> "Features":
-        index = torch.as_tensor(rows, dtype=torch.long)
-        return Features(self.final[index], [stage[index] for stage in self.stages])
-
-
-def cache_key(weights_fingerprint: str, spec: ModelSpec, hashes: Iterable[str]) -> str:
-    """Identifies a feature set: the weights, every input setting, and the images' contents."""
-    settings = {
-        "version": CACHE_VERSION,
-        "weights": weights_fingerprint,
-        "architecture": spec.architecture,
-        "data": spec.data_config(),
-    }
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for content_hash in sorted(set(hashes)):
-        digest.update(content_hash.encode())
-    return digest.hexdigest()[:32]
-
-
-def load_cached(key: str, hashes: list[str], *, zoo: str | Path | None = None) -> tuple[Features | None, dict[str, str]]:
-    """(features in the order of `hashes`, {hash: reason} for images that failed to decode), or (None, {})."""
-    path = _cache_dir(zoo) / f"{key}.safetensors"
-    if not path.is_file():
-        return None, {}
-    try:
-        with safetensors.safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-        stored = json.loads(meta["hashes"])
-        failed = json.loads(meta.get("failed", "{}"))
-        row_of = {content_hash: row for row, content_hash in enumerate(stored)}
-        rows = [row_of[h] for h in hashes if h not in failed]
-        stage_count = int(meta["stages"])
-    except (OSError, KeyError, ValueError) as error:  # damaged or foreign file: recompute
-        log.warning("ignoring unreadable feature cache %s (%s)", path.name, error)
-        return None, {}
-    os.utime(path)  # recently used: evicted last
-    features = Features(tensors["final"], [tensors[f"stage{k}"] for k in range(stage_count)]).select(rows)
-    return features, failed
-
-
-def store_cached(key: str, hashes: list[str], features: Features, failed: dict[str, str], *, zoo=None) -> None:
-    """Write a feature set (rows in the order of the non-failed `hashes`) atomically, then enforce the cap."""
-    directory = _cache_dir(zoo)
-    directory.mkdir(parents=True, exist_ok=True)
-    kept = [h for h in hashes if h not in failed]
-    first_row: dict[str, int] = {}
-    for row, content_hash in enumerate(kept):
-        first_row.setdefault(content_hash, row)  # duplicate images: store once
-    rows = list(first_row.values())
-    unique = features.select(rows)
-    tensors = {"final": unique.final.contiguous()}
-    tensors |= {f"stage{k}": stage.contiguous() for k, stage in enumerate(unique.stages)}
-    meta = {"hashes": json.dumps(list(first_row)), "failed": json.dumps(failed), "stages": str(len(unique.stages))}
-    temporary = directory / f".{key}.{os.getpid()}.tmp"
-    safetensors.torch.save_file(tensors, str(temporary), metadata=meta)
-    os.replace(temporary, directory / f"{key}.safetensors")
-    _enforce_cap(directory)
+FEATURE_CHUNK = 1024  # images per cached part: what a cancelled pass keeps
 
 
 @torch.inference_mode()
-def extract_features(
-    model: torch.nn.Module,
-    batches: Iterable[torch.Tensor],
-    spec: ModelSpec,
-    *,
-    on_batch: Callable[[int], None] | None = None,
-) -> Features:
-    """One pass of a frozen timm model over uint8 NCHW batches -> every stage's pooled features."""
+def extract_features(model: torch.nn.Module, batches: Iterable[torch.Tensor], spec: ModelSpec, *, engine=None,
+                     on_batch: Callable[[int], None] | None = None) -> Features:
+    """One pass of a frozen timm model over uint8 NCHW batches -> every stage's pooled features (float32, CPU)."""
+    engine = engine or cpu_engine()
     model.eval()
     finals, stages = [], []
     for batch in batches:
-        inputs = normalize(batch, spec)
-        if hasattr(model, "forward_intermediates"):
-            final_map, intermediates = model.forward_intermediates(inputs)
-            stages.append([feature_map.mean(dim=(2, 3)) for feature_map in intermediates])
-        else:  # older timm models: final features only (no cut-depth search)
-            final_map = model.forward_features(inputs)
-        finals.append(model.forward_head(final_map, pre_logits=True))
+        inputs = normalize(engine.to_device(batch), spec)
+        with engine.autocast():
+            if hasattr(model, "forward_intermediates"):
+                final_map, intermediates = model.forward_intermediates(inputs)
+                stages.append([feature_map.float().mean(dim=(2, 3)).cpu() for feature_map in intermediates])
+            else:  # older timm models: final features only (no cut-depth search)
+                final_map = model.forward_features(inputs)
+            finals.append(model.forward_head(final_map, pre_logits=True).float().cpu())
         if on_batch:
             on_batch(len(batch))
     stage_tensors = [torch.cat(per_stage) for per_stage in zip(*stages)] if stages else []
-    return Features(torch.cat(finals), stage_tensors)
-
-
-# --- the frozen fits' cached pass ------------------------------------------------------------------------
+    return Features(torch.cat(finals) if finals else torch.empty(0), stage_tensors)
 
 
 def cached_features(dataset: Dataset, model, weights: Weights, spec: ModelSpec, batch_size, zoo, run: Run,
-                     decoded: tuple[list, list[str]] | None = None):
+                    scan: Scan | None = None):
     """({split: Features}, {split: labels}, cache key): from the cache, or from one pass that fills it.
 
-    decoded: (images, hashes) of train+val+test already decoded at spec.resized_side (trainable
-    strategies have them); otherwise images are decoded here a chunk at a time and not kept.
+    scan: the images' scan, when the fit has one (trainable strategies; its decoded images are used
+    when it kept them); otherwise the files are hashed here (no decoding) to find the cache entry.
     Images that fail to decode are reported and dropped from their split.
     """
     samples = dataset.train + dataset.val + dataset.test
-    hashes = decoded[1] if decoded else content_hashes(dataset, samples)
+    hashes = scan.hashes if scan else scan_images(dataset, samples, shorter_side=spec.resized_side, decode=False,
+                                                  engine=run.engine, should_stop=run.should_stop).hashes
     key = cache_key(weights.fingerprint, spec, hashes)
     features, failed = load_cached(key, hashes, zoo=zoo)
     if features is None:
-        features, failed = feature_pass(dataset, samples, model, spec, batch_size, run, decoded)
-        store_cached(key, hashes, features, failed, zoo=zoo)
+        features, failed = feature_pass(dataset, samples, model, spec, batch_size, run, hashes=hashes, key=key,
+                                        zoo=zoo, images=scan.images if scan else None)
+        if run.engine.is_main:
+            store_cached(key, hashes, features, failed, zoo=zoo)
         log.info("computed features of %d images (cache %s)", len(features.final), key[:8])
     else:
         log.info("features of %d images from the cache (%s)", len(features.final), key[:8])
@@ -160,95 +96,73 @@ def cached_features(dataset: Dataset, model, weights: Weights, spec: ModelSpec, 
     return per_split, labels, key
 
 
-def feature_pass(dataset, samples, model, spec, batch_size, run: Run, decoded=None):
-    """Decode (unless given) and run the frozen backbone once: (Features, {hash: reason} of failures).
-
-    Images are decoded FEATURE_CHUNK at a time and not kept; the backbone runs with its BatchNorm
-    folded into the convolutions (`zoo.model.fused_for_inference`)."""
+def feature_pass(dataset, samples, model, spec, batch_size, run: Run, *, hashes: list[str] | None = None,
+                 key: str | None = None, zoo=None, images=None) -> tuple[Features, dict[str, str]]:
+    """Run the frozen backbone once over `samples`: (Features of the images that decode, {hash: reason}
+    of those that do not). With a cache `key`, each chunk is stored as a part when done and parts of
+    an earlier, unfinished pass are reused (see `transfer.feature_cache`)."""
+    engine = run.engine
+    hashes = hashes or [f"row:{row}" for row in range(len(samples))]
     done = [0]
 
     def on_batch(count: int) -> None:
         done[0] += count
-        run.report(Progress("features", done[0], len(samples), message="computing features"))
-        if run.should_stop and run.should_stop():
-            run.check()
+        run.report(Progress("features", min(done[0] * engine.world_size, len(samples)), len(samples),
+                            message="computing features"))
+        run.check_stop()
 
-    parts, failed = [], {}
     example = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)).contiguous(
         memory_format=torch.channels_last)
     model = fused_for_inference(model.eval(), example)  # BatchNorm folded into the convs: ~25% less CPU
-    for start in range(0, len(samples), FEATURE_CHUNK):
-        chunk = samples[start:start + FEATURE_CHUNK]
-        if decoded:
-            images = decoded[0][start:start + FEATURE_CHUNK]
+    model = model.to(engine.device, memory_format=torch.channels_last)
+    chunks = range(0, len(samples), FEATURE_CHUNK)
+    mine = [start for number, start in enumerate(chunks) if number % engine.world_size == engine.rank]
+    computed: list[tuple[int, Features, dict[str, str]]] = []
+    for start in mine:
+        rows = range(start, min(start + FEATURE_CHUNK, len(samples)))
+        chunk_hashes = [hashes[row] for row in rows]
+        stored = load_part(key, start // FEATURE_CHUNK, chunk_hashes, zoo=zoo) if key else None
+        if stored is None:
+            stored = _chunk_features(dataset, [samples[row] for row in rows], model, spec, batch_size, engine,
+                                     None if images is None else [images[row] for row in rows], on_batch)
+            stored = (stored[0], {chunk_hashes[index]: reason for index, reason in stored[1].items()})
+            if key:
+                store_part(key, start // FEATURE_CHUNK, chunk_hashes, *stored, zoo=zoo)
         else:
-            images, hashes, errors = decode_images(dataset, chunk, shorter_side=spec.resized_side,
-                                                   should_stop=run.should_stop)
-            failed |= {h: error for h, error in zip(hashes, errors) if error}
-        ok = [image for image in images if image is not None]
-        done[0] += len(images) - len(ok)
-        crops = eval_crops(ok, spec)
-        batches = (crops[i:i + batch_size] for i in range(0, len(crops), batch_size))
-        parts.append(extract_features(model, batches, spec, on_batch=on_batch))
-    final = torch.cat([part.final for part in parts])
-    stages = [torch.cat([part.stages[k] for part in parts]) for k in range(len(parts[0].stages))]
-    return Features(final, stages), failed
+            on_batch(len(rows))
+        computed.append((start, *stored))
+    if engine.distributed:  # every process gets every chunk
+        computed = sorted(engine.gather_objects(computed), key=lambda item: item[0])
+    failed = {digest: reason for _, _, part_failed in computed for digest, reason in part_failed.items()}
+    return Features.concatenate([features for _, features, _ in computed]), failed
 
 
-def _cache_dir(zoo) -> Path:
-    return zoo_dir(zoo) / "cache" / "features"
+def _chunk_features(dataset, samples, model, spec, batch_size, engine, images, on_batch) -> tuple[Features, dict[int, str]]:
+    """Features of one chunk, and {row in the chunk: reason} for the images that do not decode."""
+    files = ImageFiles(dataset, samples, shorter_side=spec.resized_side, transform=partial(center_crop_uint8, spec=spec),
+                       images=images)
+    failed: dict[int, str] = {}
+
+    def batches():
+        # the chunks are already divided between the processes: this loader is not sharded
+        for crops, labels, rows in loader(files, batch_size=batch_size, engine=engine.local()):
+            ok = labels >= 0
+            for row in rows[~ok].tolist():
+                failed[row] = _decode_error(files, row)
+            if ok.any():
+                yield crops[ok]
+            on_batch(int((~ok).sum()))
+
+    return extract_features(model, batches(), spec, engine=engine, on_batch=on_batch), failed
 
 
-def _enforce_cap(directory: Path) -> None:
-    files = sorted(directory.glob("*.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True)
-    total = 0
-    for path in files:
-        total += path.stat().st_size
-        if total > CACHE_CAP_BYTES and path is not files[0]:
-            path.unlink(missing_ok=True)
-            log.info("feature cache over %d MB: evicted %s", CACHE_CAP_BYTES >> 20, path.name)
-
-
-def cached_text_inputs(encoder: str, texts: list[str | None], *, zoo: str | Path | None = None):
-    """`zoo.text.TextInputs` for `texts`; frozen encoders' embeddings come from (and fill) the cache.
-
-    The sentence encoder runs at most once per distinct text and encoder, across fits.
-    """
-    from zoo.text import is_frozen, prepare_texts
-
-    if not is_frozen(encoder):
-        return prepare_texts(encoder, texts)
-
-    def embed(name: str, wanted: list[str]) -> torch.Tensor:
-        hashes = [hashlib.sha1(text.encode()).hexdigest() for text in wanted]
-        key = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "text_encoder": name}).encode())
-        for content_hash in sorted(set(hashes)):
-            key.update(content_hash.encode())
-        path = _cache_dir(zoo) / f"text-{key.hexdigest()[:32]}.safetensors"
-        if path.is_file():
-            try:
-                with safetensors.safe_open(str(path), framework="pt") as handle:
-                    stored = json.loads((handle.metadata() or {})["hashes"])
-                    vectors = handle.get_tensor("embeddings")
-                row_of = {h: row for row, h in enumerate(stored)}
-                os.utime(path)
-                return vectors[[row_of[h] for h in hashes]]
-            except (OSError, KeyError, ValueError) as error:
-                log.warning("ignoring unreadable text cache %s (%s)", path.name, error)
-        from zoo.text import embed_texts
-
-        unique = list(dict.fromkeys(zip(hashes, wanted)))
-        vectors = embed_texts(name, [text for _, text in unique])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        safetensors.torch.save_file({"embeddings": vectors.contiguous()}, str(temporary),
-                                    metadata={"hashes": json.dumps([h for h, _ in unique])})
-        os.replace(temporary, path)
-        _enforce_cap(path.parent)
-        row_of = {h: row for row, (h, _) in enumerate(unique)}
-        return vectors[[row_of[h] for h in hashes]]
-
-    return prepare_texts(encoder, texts, embed=embed)
+def _decode_error(files: ImageFiles, row: int) -> str:
+    """Why image `row` does not decode (it is decoded again, in this process, to say it)."""
+    try:
+        files.decode(row)
+        return "could not be decoded"
+    except Exception as error:  # the reason, whatever Pillow raised
+        return str(error).removeprefix(f"{files.samples[row].relpath}: ")
 
 
 def split_texts(dataset: Dataset, encoder: str, zoo, run: Run) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from the held-out `test/` split when there is one, else from validation (and the
 from __future__ import annotations
 
 import logging
-import random
 import re
 import time
 from collections.abc import Callable
@@ -21,15 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import set_seed
 
 from transfer import DataError
 from transfer.data import Dataset, load_dataset
+from transfer.engine import make_engine
 from transfer.errors import error_report
 from transfer.frozen import fit_frozen
 from transfer.metrics import classification_metrics
 from transfer.progress import Progress, ProgressCallback, Run
 from transfer.strategies import Strategy, get_strategy, image_size_for
 from transfer.trainable import fit_network
+from zoo import zoo_dir
 from zoo.catalog import resolve_weights
 from zoo.model import ModelSpec, count_parameters, text_settings
 from zoo.store import save_model, validate_name
@@ -90,6 +92,9 @@ def fit(
     should_stop: Callable[[], bool] | None = None,
     text_encoder: str | None = None,
     extra_info: dict[str, Any] | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    workers: int | None = None,
 ) -> FitResult:
     """Fine-tune `backbone` on `data` under `strategy` and save the model in the zoo.
 
@@ -104,6 +109,11 @@ def fit(
     text_encoder: for data with a sentence per image (metadata.jsonl/csv): "minilm" (the default
         when the data has text), "hashing", a sentence-transformers model name, or "none" to
         ignore the text. The model then fuses image and text and still answers from either alone.
+    device: "auto" (CUDA, then MPS, else the CPU), "cpu", "cuda", "cuda:N" or "mps"; precision:
+        "auto" (bf16/fp16 autocast on a GPU, fp32 elsewhere), "bf16", "fp16" or "fp32"; workers: data
+        loader processes (default: the spare cores). Launched by `accelerate launch` or `torchrun`,
+        every process runs this same call (see `transfer.engine`); only the main one saves.
+    The model is saved in float32, from the CPU, whatever trained it.
     """
     started = time.monotonic()
     plan = None if strategy == "auto" else get_strategy(strategy)  # an unknown name fails before any work
@@ -111,8 +121,9 @@ def fit(
         validate_name(name)
     if batch_size < 2:
         raise DataError("batch size must be at least 2")
+    engine = make_engine(device, precision, workers)
     run = Run(progress=progress, should_stop=should_stop,
-              deadline=started + max_seconds if max_seconds else None)
+              deadline=started + max_seconds if max_seconds else None, engine=engine)
     dataset = data if isinstance(data, Dataset) else load_dataset(data, val_fraction=val_fraction, seed=seed)
     advice = None
     if plan is None:  # auto: its frozen pass fills the feature cache that a frozen fit then reads
@@ -120,7 +131,8 @@ def fit(
 
         advice = advise(dataset, backbone=backbone, zoo=zoo, image_size=image_size, epochs=epochs,
                         budget_seconds=max_seconds - (time.monotonic() - started) if max_seconds else None,
-                        batch_size=batch_size, progress=progress, should_stop=should_stop).to_json()
+                        batch_size=batch_size, progress=progress, should_stop=should_stop, engine=engine).to_json()
+        advice = engine.share(advice)  # several processes: all follow the main one's choice
         plan = get_strategy(advice["strategy"])
     weights = weights_for(plan, backbone, zoo)
     size = image_size_for(plan, image_size, weights.native_size)
@@ -128,14 +140,14 @@ def fit(
     encoder = _text_encoder_for(dataset, text_encoder)
     if encoder:
         spec.text = text_settings(encoder)
-    torch.manual_seed(seed)
-    random.seed(seed)  # timm's RandomResizedCrop draws from Python's random: the same seed, the same run
+    set_seed(seed)  # Python's random (timm's RandomResizedCrop draws from it), numpy and torch: the same run
     run.report(Progress("start", 0, 1, message=f"{plan.name} on {len(dataset.train)} training images"))
 
     if plan.trains_backbone:
-        model, spec, outcome = fit_network(dataset, weights, spec, plan, epochs, batch_size, zoo, run)
+        model, spec, outcome = fit_network(dataset, weights, spec, plan, epochs, batch_size, zoo, run, seed=seed)
     else:
         model, spec, outcome = fit_frozen(dataset, weights, spec, plan, epochs, batch_size, zoo, run)
+    model = model.cpu().float()  # saved and handed back in float32 on the CPU, whatever trained it
 
     # metrics on the held-out test split when there is one, else on validation
     split = "test" if dataset.test else "val"
@@ -144,7 +156,7 @@ def fit(
         outcome.labels["val"], outcome.logits["val"].argmax(1).tolist(), spec.label_names)
     errors = error_report(dataset.splits()[split], outcome.labels[split], outcome.logits[split], spec.label_names, split)
     trainable, total = outcome.parameters or count_parameters(model)
-    name = name or _default_name(dataset, plan)
+    name = engine.share(name or _default_name(dataset, plan))  # one name, the main process's
     train_seconds = round(time.monotonic() - started, 2)
     info = {
         "strategy": plan.name,
@@ -164,14 +176,18 @@ def fit(
         "stopped_by_budget": run.budget_hit,
         "advice": advice,
         "settings": {"image_size": spec.image_size, "epochs": outcome.epochs, "batch_size": batch_size,
-                     "max_seconds": max_seconds, "seed": seed, "val_fraction": val_fraction},
+                     "max_seconds": max_seconds, "seed": seed, "val_fraction": val_fraction,
+                     **engine.describe()},  # device, precision, processes, workers, threads: results depend on them
         "train_seconds": train_seconds,
         "versions": {"transfer-zoo": package_version("transfer-zoo"), "torch": torch.__version__,
                      "timm": package_version("timm")},
         **(extra_info or {}),
     }
     run.report(Progress("save", 0, 1, message=f"saving {name}"))
-    path = save_model(model, spec, info, name=name, zoo=zoo, overwrite=overwrite)
+    path = zoo_dir(zoo) / name
+    if engine.is_main:  # one process writes the zoo (atomically); the others wait until it is there
+        path = save_model(model, spec, info, name=name, zoo=zoo, overwrite=overwrite)
+    engine.wait()
     run.report(Progress("save", 1, 1, message=f"saved {name}"))
     return FitResult(
         name=name, path=path, strategy=plan.name, backbone=backbone, classes=list(spec.label_names),

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from transfer.features import Features, cached_features, split_texts
+from transfer.feature_cache import Features
+from transfer.features import cached_features, split_texts
 from transfer.heads import HeadConfig, train_fusion_head, train_linear_head
 from transfer.outcome import Outcome, ablation
 from transfer.progress import Progress, Run

@@ -1,78 +1,225 @@
-"""Loading a dataset's pixels: each image decoded once, at the size a fit needs, with its content hash.
+"""A dataset's pixels, streamed: `torch.utils.data` over the validated samples, decoded in worker processes.
 
-Decoding runs on a small thread pool (Pillow releases the GIL), one bounded window of file contents
-at a time. Every image goes through `zoo.images.open_image`, as in prediction, so a model sees the
-same pixels in both; an image that fails to decode is reported by name with the reason.
+    scan = scan_images(dataset, samples, shorter_side=146, engine=engine)   # once per fit
+    files = ImageFiles(dataset, samples, shorter_side=146, transform=..., images=scan.images)
+    for images, labels, rows in loader(files, batch_size=32, shuffle=True, seed=0, engine=engine): ...
+
+`scan_images` reads every image once: the sha1 of its bytes (what feature caches are keyed by),
+whether it decodes (a file that does not is reported by name and dropped), and, when the decoded
+images fit `MEMORY_BUDGET_MB` and the fit runs in one process, the images themselves, resized once
+to the fit's size (the fast path: no decoding every epoch). Otherwise `ImageFiles` reads and decodes
+each image when a batch needs it, in the loader's worker processes, so memory does not grow with the
+number of images. Either way every image goes through `zoo.images.open_image`, as in prediction.
+Files are read through the upload limits (`transfer.uploads`); a zip is opened once per process.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 
+import torch
 from PIL import Image
 
-from transfer import Cancelled
+from transfer import Cancelled, DataError
 from transfer.data import Dataset, Sample
-from transfer.uploads import UnreadableEntry
+from transfer.engine import cpu_engine
+from transfer.uploads import ReadBudget, UnreadableEntry, size_text
 from zoo.images import ImageError, open_image
 
+MEMORY_BUDGET_MB = int(os.environ.get("TRANSFER_MEMORY_MB", 1024))  # decoded images kept in memory, at most
+SCAN_BATCH = 16  # images per item a scanning worker hands back
 
-def decode_images(
-    dataset: Dataset,
-    samples: Sequence[Sample],
-    *,
-    shorter_side: int,
-    on_progress: Callable[[int, int], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> tuple[list[Image.Image | None], list[str], list[str | None]]:
-    """Decode each sample once, resized so its shorter side is `shorter_side`.
 
-    Returns three lists aligned with `samples`: the images (None where decoding failed), the
-    content hashes (sha1 of the file bytes), and the error reasons (None where it worked).
-    Decoding runs on a small thread pool (Pillow releases the GIL), one bounded window at a time.
-    """
-    def decode(item: tuple[Sample, bytes | UnreadableEntry]) -> tuple[Image.Image | None, str, str | None]:
-        sample, content = item
+class SampleReader:
+    """Random access to a dataset's files, for any process: a zip is opened once per process (a forked
+    loader worker opens its own). Every file is read within the upload limits, except the total,
+    which the scan counted once (later epochs read the same bytes again)."""
+
+    def __init__(self, dataset: Dataset):
+        self.source, self.prefix, self.is_zip = dataset.source, dataset.prefix, dataset.is_zip
+        self.limits = replace(dataset.limits, max_total_bytes=1 << 62)
+        self._archive: zipfile.ZipFile | None = None
+        self._pid = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_archive": None, "_pid": None}
+
+    def read(self, relpath: str) -> bytes:
+        """The file's bytes; `UnreadableEntry` for a damaged zip member; `DataError` past a limit."""
+        budget = ReadBudget(self.limits)
+        if not self.is_zip:
+            return budget.read_file(self.source / self.prefix / relpath, relpath)
+        if self._archive is None or self._pid != os.getpid():
+            self._archive, self._pid = zipfile.ZipFile(self.source), os.getpid()
+        return budget.read_member(self._archive, self._archive.getinfo(self.prefix + relpath), relpath)
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """`samples` as (image tensor, label, row) for a DataLoader: `transform(PIL image)` of each image,
+    decoded at `shorter_side` (or taken from `images`, the decoded images kept by the scan). A file
+    that no longer decodes gives label -1; `check_batch` names it."""
+
+    def __init__(self, dataset: Dataset, samples: Sequence[Sample], *, shorter_side: int,
+                 transform: Callable[[Image.Image], torch.Tensor], images: Sequence[Image.Image] | None = None,
+                 max_pixels: int | None = None):
+        self.samples, self.shorter_side, self.transform, self.images = list(samples), shorter_side, transform, images
+        self.reader = SampleReader(dataset)
+        self.max_pixels = max_pixels or dataset.limits.max_pixels
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.tensor([sample.label for sample in self.samples])
+
+    def decode(self, row: int) -> Image.Image:
+        sample = self.samples[row]
+        content = self.reader.read(sample.relpath)
         if isinstance(content, UnreadableEntry):
-            return None, f"unreadable:{sample.relpath}", str(content)
-        digest = hashlib.sha1(content).hexdigest()
+            raise ImageError(f"{sample.relpath}: {content}")
+        return open_image(content, shorter_side=self.shorter_side, max_pixels=self.max_pixels, name=sample.relpath)
+
+    def __getitem__(self, row: int) -> tuple[torch.Tensor, int, int]:
         try:
-            image = open_image(content, shorter_side=shorter_side, max_pixels=dataset.limits.max_pixels,
-                               name=sample.relpath)
-            return image, digest, None
-        except ImageError as error:
-            return None, digest, str(error).removeprefix(f"{sample.relpath}: ")
+            image = self.images[row] if self.images is not None else self.decode(row)
+        except (ImageError, DataError, OSError):  # reported by check_batch, in the main process
+            return torch.zeros(3, 1, 1, dtype=torch.uint8), -1, row
+        return self.transform(image), self.samples[row].label, row
 
-    images: list[Image.Image | None] = []
-    hashes: list[str] = []
-    errors: list[str | None] = []
-    workers = max(1, min(4, os.cpu_count() or 1))
-    window: list[tuple[Sample, bytes]] = []
-    with ThreadPoolExecutor(workers) as pool:
-
-        def flush() -> None:  # at most one window of file contents in memory
-            for image, digest, error in pool.map(decode, window):
-                images.append(image)
-                hashes.append(digest)
-                errors.append(error)
-            window.clear()
-            if on_progress:
-                on_progress(len(images), len(samples))
-            if should_stop and should_stop():
-                raise Cancelled("stopped while reading images")
-
-        for item in dataset.read_bytes(samples):
-            window.append(item)
-            if len(window) == 8 * workers:
-                flush()
-        flush()
-    return images, hashes, errors
+    def check_batch(self, labels: torch.Tensor, rows: torch.Tensor) -> None:
+        """`DataError` naming the first image of a batch that could not be read (it decoded at the scan:
+        the file changed or went away during the fit)."""
+        broken = (labels < 0).nonzero().flatten()
+        if len(broken):
+            row = int(rows[broken[0]])
+            try:
+                self.decode(row)
+                reason = "could not be read"
+            except (ImageError, DataError, OSError) as error:
+                reason = str(error).removeprefix(f"{self.samples[row].relpath}: ")
+            raise DataError(f"{self.samples[row].relpath} changed during the fit and {reason}; "
+                            "keep the data unchanged while training")
 
 
-def content_hashes(dataset: Dataset, samples: Sequence[Sample]) -> list[str]:
-    """sha1 of each sample's file bytes (what feature caches are keyed by), without decoding."""
-    return [f"unreadable:{sample.relpath}" if isinstance(content, UnreadableEntry) else hashlib.sha1(content).hexdigest()
-            for sample, content in dataset.read_bytes(samples)]
+def collate_images(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack a batch; a broken item (label -1, see `ImageFiles`) is padded to the others' shape."""
+    shape = next((image.shape for image, label, _ in items if label >= 0), items[0][0].shape)
+    images = [image if image.shape == shape else torch.zeros(shape, dtype=image.dtype) for image, _, _ in items]
+    return (torch.stack(images), torch.tensor([label for _, label, _ in items]),
+            torch.tensor([row for _, _, row in items]))
+
+
+def loader(files: ImageFiles, *, batch_size: int, engine, shuffle: bool = False, seed: int = 0,
+           drop_last: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader over `files` on the engine's workers (pinned memory on CUDA), sharded between
+    processes when there are several. Seeded: the same seed gives the same batches and augmentation."""
+    workers = engine.workers
+    data = torch.utils.data.DataLoader(
+        files, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=workers,
+        pin_memory=engine.pin_memory, persistent_workers=workers > 0, collate_fn=collate_images,
+        generator=torch.Generator().manual_seed(seed), prefetch_factor=4 if workers else None,
+    )
+    return engine.prepare_loader(data)
+
+
+# --- the scan: every image read once -----------------------------------------------------------------
+
+
+@dataclass
+class Scan:
+    hashes: list[str]  # sha1 of each sample's file bytes, aligned with the samples
+    errors: list[str | None]  # why a sample cannot be used (None: it decodes)
+    images: list[Image.Image | None] | None = None  # decoded at shorter_side, when kept in memory
+
+    @property
+    def failed(self) -> dict[int, str]:
+        return {row: error for row, error in enumerate(self.errors) if error}
+
+    def without(self, rows) -> "Scan":
+        """The scan of the other samples (e.g. without those that failed)."""
+        keep = [row for row in range(len(self.hashes)) if row not in rows]
+        return Scan([self.hashes[row] for row in keep], [self.errors[row] for row in keep],
+                    [self.images[row] for row in keep] if self.images is not None else None)
+
+
+def fits_in_memory(count: int, shorter_side: int, engine) -> bool:
+    """Keep the decoded images (the fast path) when they fit MEMORY_BUDGET_MB and there is one process."""
+    estimate = count * shorter_side * round(shorter_side * 4 / 3) * 3  # RGB, a 4:3 picture
+    return engine.world_size == 1 and estimate <= MEMORY_BUDGET_MB << 20
+
+
+class _Scanning(torch.utils.data.Dataset):
+    """Groups of SCAN_BATCH rows -> [(row, sha1, error, image or None, bytes read)], in a worker."""
+
+    def __init__(self, files: ImageFiles, rows: Sequence[int], keep: bool, decode: bool):
+        self.files, self.rows, self.keep, self.decode = files, list(rows), keep, decode
+
+    def __len__(self) -> int:
+        return -(-len(self.rows) // SCAN_BATCH)
+
+    def __getitem__(self, group: int) -> list:
+        found = []
+        for row in self.rows[group * SCAN_BATCH:(group + 1) * SCAN_BATCH]:
+            sample = self.files.samples[row]
+            try:
+                content = self.files.reader.read(sample.relpath)
+            except DataError as error:  # a limit: the whole upload is refused, with this message
+                return [(REFUSED, str(error), None, None, 0)]
+            if isinstance(content, UnreadableEntry):
+                found.append((row, f"unreadable:{sample.relpath}", str(content), None, 0))
+                continue
+            digest, image, error = hashlib.sha1(content).hexdigest(), None, None
+            if self.decode:
+                try:
+                    image = open_image(content, shorter_side=self.files.shorter_side,
+                                       max_pixels=self.files.max_pixels, name=sample.relpath)
+                except ImageError as problem:
+                    error = str(problem).removeprefix(f"{sample.relpath}: ")
+            found.append((row, digest, error, image if self.keep else None, len(content)))
+        return found
+
+
+REFUSED = -1  # a group that hit an upload limit
+
+
+def scan_images(dataset: Dataset, samples: Sequence[Sample], *, shorter_side: int, engine=None,
+                keep: bool | None = None, decode: bool = True,
+                on_progress: Callable[[int, int], None] | None = None,
+                should_stop: Callable[[], bool] | None = None) -> Scan:
+    """Read every sample once (see the module docstring). keep: keep the decoded images (None: when
+    they fit in memory); decode=False only hashes the bytes. With several processes each reads its
+    share and all get every result. The upload limits hold over the whole read (a limit exceeded
+    raises `DataError`, and the upload is refused)."""
+    engine = engine or cpu_engine()
+    keep = fits_in_memory(len(samples), shorter_side, engine) if keep is None else keep
+    files = ImageFiles(dataset, samples, shorter_side=shorter_side, transform=_unchanged)
+    scanning = torch.utils.data.DataLoader(_Scanning(files, engine.my_share(len(samples)), keep, decode),
+                                           batch_size=None, num_workers=engine.workers, collate_fn=_unchanged)
+    total_bytes, budget, found = 0, dataset.limits.max_total_bytes, []
+    for group in scanning:
+        if group and group[0][0] == REFUSED:
+            raise DataError(group[0][1])
+        for row, digest, error, image, size in group:
+            total_bytes += size
+            if total_bytes > budget:
+                raise DataError(f"the data is larger than {size_text(budget)} in all (reached at "
+                                f"{samples[row].relpath}); use fewer or smaller images")
+            found.append((row, digest, error, image))
+        if on_progress:
+            on_progress(len(found) * engine.world_size, len(samples))
+        if should_stop and should_stop():
+            raise Cancelled("stopped while reading images")
+    if engine.distributed:  # every process gets every result (images are never kept with several)
+        found = engine.gather_objects([(row, digest, error, None) for row, digest, error, _ in found])
+    found.sort(key=lambda item: item[0])
+    return Scan(hashes=[item[1] for item in found], errors=[item[2] for item in found],
+                images=[item[3] for item in found] if keep else None)
+
+
+def _unchanged(value):
+    return value

@@ -207,10 +207,11 @@ class BatchNormStatistics:
                 self.images += activation.shape[0]
             step = max(1, math.ceil(min(activation.shape[2:]) / GRID))
             grid = activation[:, :, step // 2::step, step // 2::step].permute(0, 2, 3, 1).reshape(-1, activation.shape[1])
+            grid = grid.float().cpu()  # a few positions per map: summed in float64, which MPS lacks
             folded = getattr(module, "folded_norm", None)
             if folded is not None:  # a folded convolution: undo the norm's affine map
                 scale, shift = folded
-                grid = (grid - shift) / scale
+                grid = (grid - shift.cpu()) / scale.cpu()
             count, total, squares = self.sums.get(index, (0, 0.0, 0.0))
             self.sums[index] = [count + len(grid), total + grid.sum(0, dtype=torch.float64),
                                 squares + grid.square().sum(0, dtype=torch.float64)]

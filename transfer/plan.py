@@ -16,9 +16,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from transfer import DataError
 from transfer.data import Dataset, load_dataset
 from transfer.progress import ProgressCallback
 from transfer.strategies import HEAD_EPOCHS, estimate_seconds, get_strategy, image_size_for
+from zoo import ZooError
+from zoo.devices import resolve_device
 from zoo.weights import DEFAULT_BACKBONE
 
 
@@ -32,7 +35,7 @@ class FitPlan:
     num_val: int
     num_test: int
     estimated_seconds: float
-    device: str  # where the fit would run
+    device: str  # where the fit would run, e.g. "cpu" or "cuda:0"
     reasons: list[str] | None = None  # auto: why it chose this strategy
 
     def to_json(self) -> dict[str, Any]:
@@ -53,11 +56,6 @@ class FitPlan:
         return "\n".join(lines)
 
 
-def fit_device() -> str:
-    """Where `transfer.fit` trains: today always the CPU (choosing a device is the --device option's job)."""
-    return "cpu"
-
-
 def plan_fit(
     data: str | Path | Dataset,
     *,
@@ -72,18 +70,27 @@ def plan_fit(
     zoo: str | Path | None = None,
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    device: str = "auto",
 ) -> FitPlan:
-    """The plan `transfer.fit.fit` would follow with these arguments; nothing is trained or saved."""
+    """The plan `transfer.fit.fit` would follow with these arguments; nothing is trained or saved.
+
+    device: as fit's ("auto": CUDA, then MPS, else the CPU); the plan names the one it resolves to.
+    The estimates are the cost model's, made for a 2-core CPU (auto's allow for the measured speed)."""
     from transfer.fit import weights_for  # fit imports the training code: only when planning
 
     plan = None if strategy == "auto" else get_strategy(strategy)
+    try:
+        where = str(resolve_device(device))
+    except ZooError as error:
+        raise DataError(str(error)) from None
     dataset = data if isinstance(data, Dataset) else load_dataset(data, val_fraction=val_fraction, seed=seed)
     reasons = None
     if plan is None:
         from transfer.advise import advise
 
         advice = advise(dataset, backbone=backbone, zoo=zoo, image_size=image_size, epochs=epochs,
-                        budget_seconds=max_seconds, batch_size=batch_size, progress=progress, should_stop=should_stop)
+                        budget_seconds=max_seconds, batch_size=batch_size, progress=progress, should_stop=should_stop,
+                        device=device)
         plan, reasons = get_strategy(advice.strategy), advice.reasons
         seconds = advice.estimated_seconds[plan.name]
     weights = weights_for(plan, backbone, zoo)
@@ -95,5 +102,5 @@ def plan_fit(
     return FitPlan(
         strategy=plan.name, backbone=backbone, epochs=epochs or (plan.epochs if plan.trains_backbone else HEAD_EPOCHS),
         image_size=size, num_train=len(dataset.train), num_val=len(dataset.val), num_test=len(dataset.test),
-        estimated_seconds=round(float(seconds), 1), device=fit_device(), reasons=reasons,
+        estimated_seconds=round(float(seconds), 1), device=where, reasons=reasons,
     )

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from transfer import Cancelled
+from transfer.engine import Engine, cpu_engine
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Run:
     should_stop: Callable[[], bool] | None = None  # checked every batch: True -> Cancelled
     deadline: float | None = None  # time.monotonic() by which training must end (time budget)
     budget_hit: bool = False  # set when a loop stopped early because of the deadline
+    engine: Engine = field(default_factory=cpu_engine)  # the device, precision and processes (transfer.engine)
 
     def report(self, event: Progress) -> None:
         if self.progress:

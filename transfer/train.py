@@ -10,6 +10,12 @@ each depth group learns 0.85x as fast as the one above it, so the stem of lite0 
 the head's rate) and the schedule timm's cosine scheduler, which is what applies those per-group
 scales. Augmentation is timm's training transform; tensors are channels-last; the loss is
 class-weighted cross-entropy. Heads on cached features are `transfer.heads`.
+
+Images come from `transfer.loading` data loaders (decoded in worker processes, or from memory on the
+fast path) and run on the engine's device (`transfer.engine`): autocast to bf16 or fp16 on a GPU
+(fp16 with a gradient scaler), channels-last, non-blocking copies; with several processes the model
+is DistributedDataParallel, each process trains on its share of every batch, validation logits are
+gathered from all of them, and a stop or the end of the time budget stops all at the same batch.
 """
 
 from __future__ import annotations
@@ -24,11 +30,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from transfer.heads import drop_modalities
+from transfer.loading import ImageFiles, loader
 from transfer.progress import Progress, Run
-from zoo.model import ModelSpec, center_crop_uint8, count_parameters, normalize
+from zoo.model import ModelSpec, count_parameters, normalize
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +55,25 @@ class NetworkConfig:
     freeze_bn_stats: bool = False  # BatchNorm keeps its pretrained statistics (small-data fine-tuning)
 
 
+EVAL_BATCH = 64  # images per evaluation batch
+REPORT_SECONDS = 0.25  # per-batch progress at most this often (reading the loss syncs a GPU)
+
+
+def training_transform(spec: ModelSpec, config: NetworkConfig):
+    """timm's training augmentation -> uint8 tensors, normalised per batch on the device like evaluation."""
+    from timm.data import create_transform
+
+    return create_transform(
+        input_size=spec.image_size, is_training=True, scale=config.augment_scale, hflip=config.hflip,
+        color_jitter=config.color_jitter, interpolation=spec.interpolation, mean=spec.mean, std=spec.std,
+        use_prefetcher=True,
+    )
+
+
 def train_network(
     model: torch.nn.Module,
-    train_images: Sequence[Image.Image],
-    train_y: torch.Tensor,
-    val_crops: torch.Tensor,
-    val_y: torch.Tensor,
+    train_files: ImageFiles,
+    val_files: ImageFiles,
     *,
     spec: ModelSpec,
     config: NetworkConfig,
@@ -62,85 +81,97 @@ def train_network(
     run: Run | None = None,
     train_text=None,
     val_text=None,
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Train every trainable parameter of `model` in place; the best epoch's weights are restored.
 
-    train_text / val_text: `zoo.text.TextInputs` aligned with the images, for image+text models
-    (trained with modality dropout)."""
-    from timm.data import create_transform
-
+    train_files' transform is set to timm's training augmentation; val_files' is left as given (a
+    centre crop). train_text / val_text: `zoo.text.TextInputs` aligned with the files' rows, for
+    image+text models (trained with modality dropout)."""
     run = run or Run()
+    engine = run.engine
     # setup
     trainable, total = count_parameters(model)
-    log.info("training %s of %s parameters (%.1f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
-    model.to(memory_format=torch.channels_last)
-    transform = create_transform(
-        input_size=spec.image_size, is_training=True, scale=config.augment_scale, hflip=config.hflip,
-        color_jitter=config.color_jitter,
-        interpolation=spec.interpolation, mean=spec.mean, std=spec.std,
-        use_prefetcher=True,  # -> uint8 tensors; normalised per batch exactly like evaluation
-    )
-    steps_per_epoch = math.ceil(len(train_images) / config.batch_size)
+    log.info("training %s of %s parameters (%.1f%%) on %s (%s%s)", f"{trainable:,}", f"{total:,}",
+             100 * trainable / total, engine.device, engine.precision,
+             f", {engine.world_size} processes" if engine.distributed else "")
+    model.to(engine.device, memory_format=torch.channels_last)
+    train_files.transform = training_transform(spec, config)
+    train_loader = loader(train_files, batch_size=config.batch_size, engine=engine, shuffle=True, seed=seed)
+    val_loader = loader(val_files, batch_size=EVAL_BATCH, engine=engine)
+    steps_per_epoch = max(1, len(train_loader))
     optimizer, scheduler = make_optimizer(model, config, steps_per_epoch)
-    weights = torch.as_tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
-    generator = torch.Generator().manual_seed(0)
+    network = engine.prepare_model(model)  # DistributedDataParallel with several processes
+    scaler = engine.grad_scaler()
+    weights = engine.to_device(torch.as_tensor(class_weights, dtype=torch.float32)) if class_weights is not None else None
+    generator = torch.Generator().manual_seed(seed)
     step, total_steps, started = 0, steps_per_epoch * config.epochs, time.monotonic()
     # the starting point is a candidate too: training must not end worse than the warmed-up head
     best, best_state, since_best, history = None, None, 0, []
 
     def evaluate_and_keep(epoch: int, train_loss: float | None, train_images_per_second: float | None = None) -> None:
         nonlocal best, best_state, since_best
-        val_logits = predict_logits(model, val_crops, spec, text=val_text)
+        val_logits, val_y = evaluate(model, val_loader, val_files, spec, run, text=val_text)
         val_loss = F.cross_entropy(val_logits, val_y).item()
         val_accuracy = (val_logits.argmax(1) == val_y).float().mean().item()
         record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy,
                   "seconds": round(time.monotonic() - started, 2), "train_images_per_second": train_images_per_second}
         history.append(record)
-        score = (val_accuracy, -val_loss)  # higher accuracy, then lower loss
+        score = (val_accuracy, -val_loss)  # higher accuracy, then lower loss (the same on every process)
         if best is None or score > best:
             best, best_state, since_best = score, copy.deepcopy(model.state_dict()), 0
         else:
             since_best += 1
-        run.report(Progress("epoch", epoch, config.epochs, epoch=epoch,
-                            metrics={k: v for k, v in record.items() if k in ("train_loss", "val_loss", "val_accuracy") and v is not None}))
+        run.report(Progress("epoch", epoch, config.epochs, epoch=epoch, metrics={
+            k: v for k, v in record.items() if k in ("train_loss", "val_loss", "val_accuracy") and v is not None}))
 
     evaluate_and_keep(0, None)
     for epoch in range(1, config.epochs + 1):
         # train
-        model.train()
+        network.train()
         if config.freeze_bn_stats:
-            _batchnorm_eval(model)
-        order = torch.randperm(len(train_images), generator=generator).tolist()
-        running_loss, seen, stopped, epoch_started = 0.0, 0, False, time.monotonic()
-        for start in range(0, len(order), config.batch_size):
-            if run.check():
+            _batchnorm_eval(network)
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        running_loss, seen, stopped, epoch_started, reported = 0.0, 0, False, time.monotonic(), 0.0
+        for images, labels, rows in train_loader:
+            if run.check():  # on every process at the same batch
                 stopped = True
                 break
-            batch = order[start:start + config.batch_size]
-            if len(batch) < 2:  # BatchNorm cannot train on a batch of one
+            train_files.check_batch(labels, rows)
+            if len(labels) < 2:  # BatchNorm cannot train on a batch of one
                 continue
-            inputs = normalize(torch.stack([transform(train_images[i]) for i in batch]), spec)
-            if train_text is None:
-                logits = model(inputs)
-            else:
-                image_present, text = drop_modalities(train_text.select(batch), generator)
-                logits = model(inputs, text, image_present=image_present)
-            loss = F.cross_entropy(logits, train_y[batch], weight=weights, label_smoothing=config.label_smoothing)
+            inputs, targets = normalize(engine.to_device(images), spec), engine.to_device(labels)
+            with engine.autocast():
+                if train_text is None:
+                    logits = network(inputs)
+                else:
+                    image_present, text = drop_modalities(train_text.select(rows), generator)
+                    logits = network(inputs, text, image_present=engine.to_device(image_present))
+            loss = F.cross_entropy(logits.float(), targets, weight=weights, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is not None:  # fp16: scale the loss so small gradients do not vanish
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
             step += 1
             scheduler.step_update(step)
-            running_loss += loss.item() * len(batch)
-            seen += len(batch)
+            running_loss += loss.detach() * len(labels)
+            seen += len(labels)
             elapsed = time.monotonic() - started
-            run.report(Progress("train", step, total_steps, epoch=epoch,
-                                metrics={"train_loss": running_loss / seen},
-                                eta_seconds=elapsed / step * (total_steps - step)))
+            if elapsed - reported >= REPORT_SECONDS or step == total_steps:
+                reported = elapsed
+                run.report(Progress("train", step, total_steps, epoch=epoch,
+                                    metrics={"train_loss": float(running_loss) / seen},
+                                    eta_seconds=elapsed / step * (total_steps - step)))
         if seen == 0:
             break
         # evaluate, keep the best
-        evaluate_and_keep(epoch, running_loss / seen, round(seen / (time.monotonic() - epoch_started), 2))
+        evaluate_and_keep(epoch, float(running_loss) / seen,
+                          round(seen * engine.world_size / (time.monotonic() - epoch_started), 2))
         # termination
         if stopped or since_best >= config.patience:
             break
@@ -196,23 +227,30 @@ def _batchnorm_eval(model: torch.nn.Module) -> None:
 
 
 @torch.inference_mode()
-def predict_logits(model: torch.nn.Module, crops: torch.Tensor | None, spec: ModelSpec, batch_size: int = 64,
-                   text=None) -> torch.Tensor:
-    """Logits for uint8 NCHW crops (and their texts, for image+text models), in evaluation mode.
+def evaluate(model: torch.nn.Module, data_loader, files: ImageFiles, spec: ModelSpec, run: Run,
+             text=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) on the CPU for every image of `data_loader` (from every process), in order.
 
-    crops=None with text given: text-only predictions."""
+    text: `zoo.text.TextInputs` aligned with the files' rows (image+text models)."""
+    engine = run.engine
     model.eval()
-    count = len(crops) if crops is not None else len(text)
-    outputs = []
-    for i in range(0, count, batch_size):
-        rows = range(i, min(i + batch_size, count))
-        images = normalize(crops[i:i + batch_size], spec) if crops is not None else None
-        outputs.append(model(images) if text is None else model(images, text.select(rows)))
-    return torch.cat(outputs) if outputs else torch.empty(0, spec.num_classes)
+    outputs, labels = [], []
+    for images, targets, rows in data_loader:
+        files.check_batch(targets, rows)
+        with engine.autocast():
+            inputs = normalize(engine.to_device(images), spec)
+            logits = model(inputs) if text is None else model(inputs, text.select(rows))
+        outputs.append(engine.gather(logits.float()).cpu())
+        labels.append(engine.gather(engine.to_device(targets)).cpu())
+    if not outputs:
+        return torch.empty(0, spec.num_classes), torch.empty(0, dtype=torch.long)
+    return torch.cat(outputs), torch.cat(labels)
 
 
-def eval_crops(images: Sequence[Image.Image], spec: ModelSpec) -> torch.Tensor:
-    """Centre crops of already-resized images, as one uint8 NCHW tensor."""
-    if not images:
-        return torch.empty(0, 3, spec.image_size, spec.image_size, dtype=torch.uint8)
-    return torch.stack([center_crop_uint8(image, spec) for image in images])
+@torch.inference_mode()
+def text_logits(model: torch.nn.Module, text, device, batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    """An image+text model's logits from the text alone (for its ablation), on the CPU."""
+    model.eval()
+    outputs = [model(None, text.select(range(start, min(start + batch_size, len(text))))).float().cpu()
+               for start in range(0, len(text), batch_size)]
+    return torch.cat(outputs) if outputs else torch.empty(0, model.num_classes)

@@ -3,42 +3,55 @@
 fine-tune has two phases: the head warms up on the frozen backbone's cached features (so a random
 head does not push the pretrained layers around), then every layer trains with layer-wise learning
 rate decay (`transfer.train`). from-scratch runs the second phase only, from random weights.
-Each image is decoded once, at the fit's size, and augmented from there every epoch.
+Every image is read once first (`transfer.loading.scan_images`: hashes, failures, and the decoded
+images when they fit in memory), then streamed to the training loop by data loaders.
 """
 
 from __future__ import annotations
 
+import logging
+from functools import partial
 from typing import Any
 
 import torch
 
 from transfer.data import drop_failed
-from transfer.features import cache_key, cached_features, split_texts
+from transfer.feature_cache import cache_key
+from transfer.features import cached_features, split_texts
 from transfer.heads import HeadConfig, train_fusion_head, train_linear_head
-from transfer.loading import decode_images
+from transfer.loading import ImageFiles, loader, scan_images
 from transfer.outcome import Outcome, ablation
 from transfer.progress import Progress, Run
 from transfer.strategies import WARMUP_HEAD_EPOCHS, Strategy
-from transfer.train import NetworkConfig, eval_crops, predict_logits, train_network
-from zoo.model import ImageTextClassifier
+from transfer.train import (
+    EVAL_BATCH,
+    NetworkConfig,
+    evaluate,
+    text_logits,
+    train_network,
+)
+from zoo.model import ImageTextClassifier, center_crop_uint8
 from zoo.weights import create_backbone
 
+log = logging.getLogger(__name__)
 
-def fit_network(dataset, weights, spec, plan: Strategy, epochs, batch_size, zoo, run: Run) -> tuple[Any, Any, Outcome]:
+def fit_network(dataset, weights, spec, plan: Strategy, epochs, batch_size, zoo, run: Run,
+                seed: int = 0) -> tuple[Any, Any, Outcome]:
     """(model, spec, outcome) of a trainable strategy."""
+    engine = run.engine
     samples = dataset.train + dataset.val + dataset.test
-    images, hashes, errors = decode_images(
-        dataset, samples, shorter_side=spec.resized_side, should_stop=run.should_stop,
-        on_progress=lambda done, total: run.report(Progress("read", done, total, message="reading images")),
-    )
-    drop_failed(dataset, {s.relpath: error for s, error in zip(samples, errors) if error})
-    hashes = [h for h, image in zip(hashes, images) if image is not None]
-    images = [image for image in images if image is not None]
-    split_images, labels, row = {}, {}, 0
+    scan = scan_images(dataset, samples, shorter_side=spec.resized_side, engine=engine, should_stop=run.should_stop,
+                       on_progress=lambda done, total: run.report(Progress("read", done, total, message="reading images")))
+    drop_failed(dataset, {samples[row].relpath: error for row, error in scan.failed.items()})
+    scan = scan.without(scan.failed)  # aligned with the dataset's samples again
+    files, labels, row = {}, {}, 0
     for split, members in dataset.splits().items():
-        split_images[split] = images[row:row + len(members)]
+        kept = scan.images[row:row + len(members)] if scan.images is not None else None
+        files[split] = ImageFiles(dataset, members, shorter_side=spec.resized_side, images=kept,
+                                  transform=partial(center_crop_uint8, spec=spec))
         labels[split] = [sample.label for sample in members]
         row += len(members)
+    log.info("%s images %s", row, "kept in memory" if scan.images is not None else "read from disk each epoch")
 
     backbone = create_backbone(weights, num_classes=spec.num_classes)
     model, text = backbone, None
@@ -48,12 +61,11 @@ def fit_network(dataset, weights, spec, plan: Strategy, epochs, batch_size, zoo,
                                     **spec.text)
         text = split_texts(dataset, spec.text["encoder"], zoo, run)
     history: list[dict[str, Any]] = []
-    fingerprint = cache_key(weights.fingerprint, spec, hashes)
+    fingerprint = cache_key(weights.fingerprint, spec, scan.hashes)
     if plan.head_warmup:
         # phase 1: the head learns on the frozen backbone's features (one cached pass), so that a
         # random head does not push the pretrained layers around at the start of phase 2
-        features, _, fingerprint = cached_features(dataset, backbone, weights, spec, batch_size, zoo, run,
-                                                    decoded=(images, hashes))
+        features, _, fingerprint = cached_features(dataset, backbone, weights, spec, batch_size, zoo, run, scan=scan)
         warmup_config = HeadConfig(lr=3e-3 if text is None else 1e-3, max_epochs=WARMUP_HEAD_EPOCHS)
         if text is None:
             head, warmup = train_linear_head(
@@ -76,23 +88,22 @@ def fit_network(dataset, weights, spec, plan: Strategy, epochs, batch_size, zoo,
     config = NetworkConfig(epochs=config_epochs, batch_size=batch_size, lr=plan.lr,
                            layer_decay=plan.layer_decay, warmup_epochs=plan.warmup_epochs,
                            freeze_bn_stats=plan.freeze_bn_stats, patience=plan.patience or config_epochs)
-    val_crops = eval_crops(split_images["val"], spec)
     history += [{**record, "phase": "train"} for record in train_network(
-        model, split_images["train"], torch.tensor(labels["train"]), val_crops, torch.tensor(labels["val"]),
-        spec=spec, config=config, class_weights=dataset.class_weights(), run=run,
-        train_text=text["train"] if text else None, val_text=text["val"] if text else None,
+        model, files["train"], files["val"], spec=spec, config=config, class_weights=dataset.class_weights(),
+        run=run, train_text=text["train"] if text else None, val_text=text["val"] if text else None, seed=seed,
     )]
     run.report(Progress("evaluate", 0, 1, message="evaluating"))
-    test_crops = eval_crops(split_images["test"], spec)
-    logits = {"val": predict_logits(model, val_crops, spec, text=text["val"] if text else None),
-              "test": predict_logits(model, test_crops, spec, text=text["test"] if text else None)}
-    measured = None
-    if text is not None:
-        measured = ablation(
-            lambda image, with_text: predict_logits(
-                model, val_crops if image else None, spec,
-                text=text["val"] if with_text else text["val"].without_text()),
-            labels["val"],
-        )
-    details = {"lr": plan.lr, "layer_decay": plan.layer_decay}
+
+    def logits_of(split: str, image: bool = True, with_text: bool = True) -> torch.Tensor:
+        split_text = None if text is None else text[split] if with_text else text[split].without_text()
+        if not image:
+            return text_logits(model, split_text, engine.device)
+        if not files[split].samples:
+            return torch.empty(0, spec.num_classes)
+        data = loader(files[split], batch_size=EVAL_BATCH, engine=engine)
+        return evaluate(model, data, files[split], spec, run, text=split_text)[0]
+
+    logits = {"val": logits_of("val"), "test": logits_of("test")}
+    measured = ablation(lambda image, with_text: logits_of("val", image, with_text), labels["val"]) if text else None
+    details = {"lr": plan.lr, "layer_decay": plan.layer_decay, "images_in_memory": scan.images is not None}
     return model, spec, Outcome(logits, labels, history, config.epochs, fingerprint, details, ablation=measured)

@@ -69,7 +69,7 @@ class ReadBudget:
         except ZIP_ENTRY_ERRORS as error:
             raise UnreadableEntry(zip_entry_problem(error)) from None
         if len(content) > cap:
-            raise DataError(f"{name} is larger than {_size(cap)} uncompressed; remove or shrink it")
+            raise DataError(f"{name} is larger than {size_text(cap)} uncompressed; remove or shrink it")
         # a huge expansion is the mark of a zip bomb; small flat images (a white BMP) may legitimately
         # compress very well, so the ratio only counts for entries over a few megabytes
         if len(content) > RATIO_CHECK_BYTES and len(content) / max(info.compress_size, 1) > self.limits.max_compression_ratio:
@@ -82,13 +82,13 @@ class ReadBudget:
         with open(path, "rb") as handle:
             content = handle.read(cap + 1)
         if len(content) > cap:
-            raise DataError(f"{name} is larger than {_size(cap)}; remove or shrink it")
+            raise DataError(f"{name} is larger than {size_text(cap)}; remove or shrink it")
         return self._count(content, name)
 
     def _count(self, content: bytes, name: str) -> bytes:
         self.total += len(content)
         if self.total > self.limits.max_total_bytes:
-            raise DataError(f"the data is larger than {_size(self.limits.max_total_bytes)} in all "
+            raise DataError(f"the data is larger than {size_text(self.limits.max_total_bytes)} in all "
                             f"(reached at {name}); use fewer or smaller images")
         return content
 
@@ -150,7 +150,8 @@ def junk_or_reason(path: str) -> str | None:
     return None
 
 
-def _size(count: int) -> str:
+def size_text(count: int) -> str:
+    """A byte count as a person reads it (KB or MB)."""
     return f"{count / (1 << 20):.0f} MB" if count >= 1 << 20 else f"{count / 1024:.1f} KB"
 
 

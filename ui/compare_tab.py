@@ -12,6 +12,7 @@ import pandas as pd
 from transfer.compare import compare
 from ui import runs
 from ui.config import AppConfig, app_config, require_backbone_allowed
+from ui.gpu import fit_seconds, on_gpu
 from ui.handlers import INTERNAL, TRAINING, friendly_errors
 from ui.predict_tab import PredictTab
 from ui.settings import (
@@ -28,6 +29,16 @@ from ui.zoo_tab import ZooTab
 COMPARE_COLUMNS = ["strategy", "accuracy", "macro-F1", "seconds", "trainable parameters", "model", "note"]
 
 
+def _gpu_seconds(zip_path, backbone, budget_seconds, *_, **__) -> int:
+    """ZeroGPU: the GPU time a comparison within this budget asks for (`ui.gpu`)."""
+    try:
+        budget = budget_setting(budget_seconds)
+    except gr.Error:
+        budget = None
+    return fit_seconds(None, app_config().time_budget(budget))
+
+
+@on_gpu(_gpu_seconds)
 @friendly_errors
 def compare_strategies(zip_path: str | None, backbone: str, budget_seconds, image_size, name: str,
                        run: runs.TrainingRun | None, profile: gr.OAuthProfile | None, progress=gr.Progress()):

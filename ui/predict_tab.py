@@ -10,6 +10,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from ui.gpu import PREDICT_SECONDS, on_gpu
 from ui.handlers import INTERNAL, PREDICTING, friendly_errors
 from ui.uploads import ASSETS, EXAMPLE_DATASET
 from ui.views import enlarged
@@ -53,6 +54,7 @@ def _images_only(name: str) -> gr.Error:
     return gr.Error(f"'{name}' takes images only; clear the text (or pick a model trained on images with text).")
 
 
+@on_gpu(PREDICT_SECONDS)
 @friendly_errors
 def predict_image(name: str | None, image: str | None, top_k: float, text: str = "") -> dict[str, float]:
     """Top-k labels for one image, as gr.Label wants them. An image+text model also takes `text`,
@@ -78,6 +80,7 @@ def predict_when_ready(name: str | None, image: str | None, top_k: float, text: 
     return predict_image(name, image, top_k, text)
 
 
+@on_gpu(PREDICT_SECONDS)
 @friendly_errors
 def predict_images(name: str | None, files: list[str] | None, top_k: float, text: str = "") -> pd.DataFrame:
     """One row per uploaded image: the best label, its score and the runners-up. For an image+text

@@ -21,6 +21,7 @@ from transfer.progress import Progress
 from transfer.strategies import STRATEGIES, estimate_seconds
 from ui import drilldown, runs
 from ui.config import AppConfig, app_config, require_backbone_allowed
+from ui.gpu import fit_seconds, on_gpu
 from ui.handlers import INTERNAL, TRAINING, friendly_errors
 from ui.predict_tab import PredictTab, model_inputs
 from ui.settings import (
@@ -180,6 +181,21 @@ def _check_name_free(name: str | None) -> None:
                        "(or leave the name empty for an automatic one).")
 
 
+def _gpu_seconds(zip_path, backbone, strategy, name, image_size, epochs, batch_size, max_seconds, *_, **__) -> int:
+    """ZeroGPU: the GPU time a fit with these settings asks for (`ui.gpu`)."""
+    config = app_config()
+    try:
+        settings = FitSettings.from_widgets(backbone, strategy, name, image_size, epochs, batch_size, max_seconds)
+    except gr.Error:  # bad settings: the handler itself says so, at once
+        return fit_seconds(None, config.max_train_seconds)
+    try:
+        estimate = _fit_estimate(settings, open_upload(zip_path, config))
+    except Exception:  # no usable upload: the handler says why
+        estimate = None
+    return fit_seconds(estimate, config.time_budget(settings.max_seconds))
+
+
+@on_gpu(_gpu_seconds)
 @friendly_errors
 def train_model(zip_path, backbone, strategy, name, image_size, epochs, batch_size, max_seconds,
                 run: runs.TrainingRun | None, profile: gr.OAuthProfile | None, progress=gr.Progress()):

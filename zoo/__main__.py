@@ -4,7 +4,7 @@
     show NAME [--json]                       one model: summary, metrics, how it was made
     show NAME --errors                       the misclassified images of its evaluation (file, true, predicted, score)
     predict NAME IMAGE... [--top-k K] [--json] [--text TEXT]...
-    explain NAME IMAGE [--target LABEL] [--output FILE.png] [--text TEXT] [--json]    Grad-CAM heatmap
+    explain NAME IMAGE [--target LABEL] [--output FILE.png] [--text TEXT] [--json] [--device D]   Grad-CAM
     rename OLD NEW | remove NAME [--yes] | restore NAME
     export NAME [--format zip|onnx] [--output FILE] | import ZIP [--name NAME] [--overwrite]
     push NAME [--repo-id ID] [--private] | pull REPO_ID [--name NAME] [--revision REV] [--overwrite]
@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--text", action="append", metavar="TEXT",
                          help="image+text models: a text for every image (once), or one per image (repeated)")
     predict.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    predict.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
+                         help="where the model runs (default auto: CUDA, then MPS, else the CPU)")
     explain = command("explain", "Grad-CAM: a heatmap of what made the model choose a class")
     explain.add_argument("name")
     explain.add_argument("image", metavar="IMAGE")
@@ -72,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="where to write the overlay (default: IMAGE-STEM.gradcam.png here)")
     explain.add_argument("--text", metavar="TEXT", help="image+text models: the sentence beside the image")
     explain.add_argument("--json", action="store_true", help="print one JSON object")
+    explain.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
+                         help="where the model runs (default auto: CUDA, then MPS, else the CPU)")
     rename = command("rename", "rename a model")
     rename.add_argument("old")
     rename.add_argument("new")
@@ -190,7 +194,8 @@ def _predict(args: argparse.Namespace) -> int:
         predict,
     )
 
-    results = predict(args.name, args.images, texts=texts, top_k=args.top_k, zoo=args.zoo, cache=ModelCache(1))
+    results = predict(args.name, args.images, texts=texts, top_k=args.top_k, zoo=args.zoo,
+                      cache=ModelCache(1, device=args.device))
     for image, predictions in zip(args.images, results):
         if args.json:
             print(json.dumps({"image": image, "predictions": predictions}))
@@ -223,9 +228,10 @@ def _explain(args: argparse.Namespace) -> int:
         raise ZooError(f"{output}: the overlay is a PNG; give a name ending in .png")
     if not output.parent.is_dir():
         raise ZooError(f"{output.parent} is not a folder; create it first.")
-    from zoo.predict import explain  # torch: only once the arguments make sense
+    from zoo.predict import ModelCache, explain  # torch: only once the arguments make sense
 
-    shown = explain(args.name, args.image, args.target, text=args.text, zoo=args.zoo)
+    shown = explain(args.name, args.image, args.target, text=args.text, zoo=args.zoo,
+                    cache=ModelCache(1, device=args.device))
     shown.overlay.save(output)
     if args.json:
         print(json.dumps({"image": args.image, "label": shown.label, "score": shown.score,

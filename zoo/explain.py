@@ -100,11 +100,11 @@ def explain_images(
     wanted = [None if target is None else class_index(spec, target) for target in targets]
     pictures = [open_image(image, shorter_side=spec.resized_side) for image in images]
     crops = torch.stack([center_crop_uint8(picture, spec) for picture in pictures])
-    batch = normalize(crops, spec)
+    batch = normalize(crops.to(loaded.device), spec)  # on the model's device; the overlays use the CPU crops
     network = _ImageBranch(copy.deepcopy(loaded.model).float(), spec, texts).eval().requires_grad_(True)
     layer = target_layer(loaded.model, spec)
     with torch.enable_grad(), GradCAM(model=network, target_layers=[network.model.get_submodule(layer)]) as cam:
-        logits = network(batch).detach()
+        logits = network(batch).detach().float().cpu()
         chosen = [int(logits[row].argmax()) if index is None else index for row, index in enumerate(wanted)]
         try:
             heatmaps = cam(input_tensor=batch, targets=[ClassifierOutputTarget(index) for index in chosen])

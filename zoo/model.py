@@ -89,11 +89,13 @@ class ImageTextClassifier(torch.nn.Module):
         """images: normalised (N, 3, H, W) or None; text: `zoo.text.TextInputs` or None;
         image_present: (N,) bool, to treat some images as absent (modality dropout)."""
         batch = len(images) if images is not None else len(text)
+        device = self.absent_image.device
+        text = text.to(device) if text is not None else None
         image_features = self.image(images) if images is not None else None
         if image_present is None:
-            image_present = torch.full((batch,), images is not None, dtype=torch.bool)
+            image_present = torch.full((batch,), images is not None, dtype=torch.bool, device=device)
         text_features = self.encode_text(text) if text is not None else None
-        text_present = text.present if text is not None else torch.zeros(batch, dtype=torch.bool)
+        text_present = text.present if text is not None else torch.zeros(batch, dtype=torch.bool, device=device)
         return self.fuse(image_features, text_features, image_present, text_present)
 
 
@@ -110,9 +112,10 @@ def center_crop_uint8(image: Image.Image, spec: ModelSpec) -> torch.Tensor:
 
 
 def normalize(batch_uint8: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
-    """uint8 NCHW -> float input, exactly as torchvision's ToTensor + Normalize compute it."""
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    """uint8 NCHW -> float input, exactly as torchvision's ToTensor + Normalize compute it (on the
+    batch's own device: move the uint8 batch first, it is a quarter of the bytes)."""
+    mean = torch.tensor(spec.mean, device=batch_uint8.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=batch_uint8.device).view(1, 3, 1, 1)
     return batch_uint8.float().div(255).sub(mean).div(std).contiguous(memory_format=torch.channels_last)
 
 

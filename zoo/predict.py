@@ -45,12 +45,20 @@ class LoadedModel:
     identity: tuple = ()  # what the model on disk was when loaded (see `_identity`); () if unknown
     root: str = ""  # the zoo it was loaded from
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
 
 class ModelCache:
-    """A few loaded models, least recently used dropped first. Thread-safe."""
+    """A few loaded models, least recently used dropped first, on one device (`zoo.devices`:
+    "auto" is CUDA, then MPS, else the CPU). Thread-safe."""
 
-    def __init__(self, size: int = 4):
+    def __init__(self, size: int = 4, *, device: str = "auto"):
+        from zoo.devices import resolve_device
+
         self.size = size
+        self.device = resolve_device(device)
         self._models: OrderedDict[tuple, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -76,7 +84,7 @@ class ModelCache:
             key = loaded_key
         else:
             raise ZooError(f"Model '{name}' was replaced several times while it loaded; try again.")
-        loaded = LoadedModel(name=name, model=_for_inference(model, entry.spec), spec=entry.spec,
+        loaded = LoadedModel(name=name, model=_for_inference(model, entry.spec).to(self.device), spec=entry.spec,
                              entry=entry, identity=key[2], root=key[0])
         with self._lock:
             for old in [k for k in self._models if k[:2] == key[:2]]:
@@ -92,7 +100,8 @@ class ModelCache:
 
 
 def _for_inference(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
-    """Channels-last, BatchNorm folded into the convolutions (checked; unchanged when it does not fit)."""
+    """Channels-last, BatchNorm folded into the convolutions (checked on the CPU; unchanged when it
+    does not fit)."""
     model = model.eval().to(memory_format=torch.channels_last)
     example = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)).contiguous(
         memory_format=torch.channels_last)
@@ -110,16 +119,18 @@ def predict(
     top_k: int = 5,
     zoo: str | Path | None = None,
     cache: ModelCache | None = None,
+    device: str = "auto",
 ) -> list[list[dict[str, Any]]]:
     """For each image, the top-k {"label", "score"} (scores are probabilities, highest first).
 
     texts: for image+text models, one text per image (None or "" where there is none); an image
-    may be None where only the text is known. Either alone still gives an answer."""
+    may be None where only the text is known. Either alone still gives an answer. device: where a
+    model named here is loaded (a `cache` keeps its own device)."""
     if top_k < 1:
         raise ZooError(f"top_k must be 1 or more, not {top_k}.")
     if isinstance(images, (str, Path, bytes, Image.Image)) or hasattr(images, "read"):
         images = [images]  # one image (a path, bytes, an open file or a PIL image), not a batch
-    loaded = model if isinstance(model, LoadedModel) else (cache or ModelCache(1)).get(model, zoo=zoo)
+    loaded = model if isinstance(model, LoadedModel) else (cache or ModelCache(1, device=device)).get(model, zoo=zoo)
     probs = probabilities(loaded, images, texts=texts)
     if loaded.identity:  # loaded by a ModelCache (by this call or the caller's)
         _still_current(loaded)  # deleted or replaced while we used it: no answer from a ghost
@@ -133,8 +144,9 @@ def predict(
 
 def probabilities(loaded: LoadedModel, images: Sequence[ImageSource | None], batch_size: int = 32,
                   texts: Sequence[str | None] | None = None) -> torch.Tensor:
-    """(N, classes) softmax probabilities for `images` (and `texts`, for image+text models)."""
-    spec = loaded.spec
+    """(N, classes) softmax probabilities (on the CPU) for `images` (and `texts`, for image+text models),
+    computed on the device the model is on."""
+    spec, device = loaded.spec, loaded.device
     count = max(len(images or []), len(texts or []))
     if texts is not None and any(texts) and spec.text is None:
         raise ZooError(f"Model '{loaded.name}' takes images only; leave the text out.")
@@ -156,12 +168,13 @@ def probabilities(loaded: LoadedModel, images: Sequence[ImageSource | None], bat
     with torch.inference_mode():
         for start in range(0, count, batch_size):
             rows = range(start, min(start + batch_size, count))
-            batch = normalize(torch.stack(crops[start:start + batch_size]), spec)
+            batch = normalize(torch.stack(crops[start:start + batch_size]).to(device), spec)
             if text is None:
                 logits = loaded.model(batch)
             else:
-                logits = loaded.model(batch, text.select(rows), image_present=has_image[start:start + batch_size])
-            outputs.append(logits.float().softmax(dim=1))
+                logits = loaded.model(batch, text.select(rows),
+                                      image_present=has_image[start:start + batch_size].to(device))
+            outputs.append(logits.float().softmax(dim=1).cpu())
     return torch.cat(outputs)
 
 

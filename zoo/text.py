@@ -52,6 +52,14 @@ class TextInputs:
             token_ids=[self.token_ids[i] for i in rows.tolist()] if self.token_ids is not None else None,
         )
 
+    def to(self, device) -> "TextInputs":
+        """The same batch on `device` (where the model runs)."""
+        return TextInputs(
+            present=self.present.to(device),
+            features=self.features.to(device) if self.features is not None else None,
+            token_ids=[ids.to(device) for ids in self.token_ids] if self.token_ids is not None else None,
+        )
+
     def without_text(self) -> "TextInputs":
         """The same batch with every text removed (for image-only predictions and ablations)."""
         return TextInputs(present=torch.zeros_like(self.present), features=self.features, token_ids=self.token_ids)
@@ -122,7 +130,8 @@ class HashingEncoder(torch.nn.Module):
         lengths = [len(sample) for sample in ids]
         offsets = torch.tensor([0, *lengths[:-1]], dtype=torch.long).cumsum(0) if ids else torch.zeros(0, dtype=torch.long)
         flat = torch.cat(ids) if ids and sum(lengths) else torch.zeros(0, dtype=torch.long)
-        return self.bag(flat, offsets)  # empty texts give zero vectors (and are marked absent)
+        device = self.bag.weight.device
+        return self.bag(flat.to(device), offsets.to(device))  # empty texts give zero vectors (marked absent)
 
 
 @functools.lru_cache(maxsize=2)
