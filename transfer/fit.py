@@ -154,7 +154,8 @@ def fit(
     metrics = classification_metrics(outcome.labels[split], outcome.logits[split].argmax(1).tolist(), spec.label_names)
     val_metrics = metrics if split == "val" else classification_metrics(
         outcome.labels["val"], outcome.logits["val"].argmax(1).tolist(), spec.label_names)
-    errors = error_report(dataset.splits()[split], outcome.labels[split], outcome.logits[split], spec.label_names, split)
+    errors = error_report(dataset.splits()[split], outcome.labels[split], outcome.logits[split], spec.label_names,
+                          split)
     trainable, total = outcome.parameters or count_parameters(model)
     name = engine.share(name or _default_name(dataset, plan))  # one name, the main process's
     train_seconds = round(time.monotonic() - started, 2)
