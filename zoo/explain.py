@@ -12,9 +12,9 @@ timm's `feature_info[cut_stage]` for a cut (shallow) model and the last entry of
 otherwise; for an image+text model the same stage of its image branch (the text, when given, takes
 part in the decision being explained). So every strategy and every timm backbone is covered.
 
-A cached model is shared by every request of the app; Grad-CAM hooks its target layer and needs
-gradients, so it runs on a private copy of the model (a few milliseconds), and predictions running
-meanwhile are never disturbed.
+A cached model is shared by every request of the app; Grad-CAM hooks its target layer, so it runs on
+a copy of the module tree that shares the weights (no tensor is copied, no weight gets a gradient),
+and predictions running meanwhile are never disturbed.
 """
 
 from __future__ import annotations
@@ -101,17 +101,20 @@ def explain_images(
     pictures = [open_image(image, shorter_side=spec.resized_side) for image in images]
     crops = torch.stack([center_crop_uint8(picture, spec) for picture in pictures])
     batch = normalize(crops.to(loaded.device), spec)  # on the model's device; the overlays use the CPU crops
-    network = _ImageBranch(copy.deepcopy(loaded.model).float(), spec, texts).eval().requires_grad_(True)
+    network = _ImageBranch(_hooks_of_its_own(loaded.model), spec, texts).eval()
     layer = target_layer(loaded.model, spec)
-    with torch.enable_grad(), GradCAM(model=network, target_layers=[network.model.get_submodule(layer)]) as cam:
-        logits = network(batch).detach().float().cpu()
-        chosen = [int(logits[row].argmax()) if index is None else index for row, index in enumerate(wanted)]
+    watched = [network.model.get_submodule(layer)]
+    with torch.enable_grad(), GradCAM(model=network, target_layers=watched) as cam:
+        cam.compute_input_gradient = True  # the weights need none: through the input the activations get theirs
         try:
-            heatmaps = cam(input_tensor=batch, targets=[ClassifierOutputTarget(index) for index in chosen])
+            heatmaps = cam(input_tensor=batch, targets=[_TopClass() if index is None else ClassifierOutputTarget(index)
+                                                        for index in wanted])
         except ValueError as error:  # grad-cam's own check: the layer's output is not an image-shaped map
             raise ZooError(f"Grad-CAM cannot read the output of {spec.architecture}'s stage '{layer}' as a map "
                            f"over the image ({error}); it works for convolutional backbones.") from None
-    probabilities = logits.float().softmax(dim=1)
+        logits = cam.outputs.detach().float().cpu()
+    chosen = [int(logits[row].argmax()) if index is None else index for row, index in enumerate(wanted)]
+    probabilities = logits.softmax(dim=1)
     shown = []
     for row, (picture, index) in enumerate(zip(pictures, chosen)):
         top = int(probabilities[row].argmax())
@@ -153,6 +156,21 @@ def crop_box(picture: Image.Image, spec: ModelSpec) -> tuple[float, float, float
     side = spec.image_size
     left, top = int(round((width - side) / 2.0)), int(round((height - side) / 2.0))  # as center_crop_uint8
     return left / width, top / height, (left + side) / width, (top + side) / height
+
+
+def _hooks_of_its_own(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the module tree sharing the model's weights (as tensors needing no gradient): Grad-CAM's
+    hooks go on the copy, so predictions running meanwhile on the shared model never trigger them."""
+    memo: dict[int, object] = {id(p): torch.nn.Parameter(p.detach(), requires_grad=False) for p in model.parameters()}
+    memo.update({id(buffer): buffer for buffer in model.buffers()})
+    return copy.deepcopy(model, memo)
+
+
+class _TopClass:
+    """pytorch-grad-cam target: the score of the class the model ranks first for the image."""
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        return output.max(dim=-1).values
 
 
 class _ImageBranch(torch.nn.Module):
