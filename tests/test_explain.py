@@ -81,10 +81,11 @@ def test_explain_works_for_every_strategy_and_an_image_text_model(models, xor_di
         spec = loaded.spec  # the layer comes from the spec: the last stage kept
         stage = "blocks.6" if spec.cut_stage is None else loaded.model.feature_info[spec.cut_stage]["module"]
         assert shown.layer == ("image." if kind == "image+text" else "") + stage, kind
+    shallow = cache.get(models["shallow"].name, zoo=zoo_path)
     with pytest.raises(ZooError, match="'eleven' is not one of the model's classes"):
-        explain(models["shallow"].name, digit, "eleven", zoo=zoo_path)
+        explain(shallow, digit, "eleven")
     with pytest.raises(ZooError, match="takes images only"):
-        explain(models["shallow"].name, digit, text="hello", zoo=zoo_path)
+        explain(shallow, digit, text="hello")
 
 
 def test_the_misclassified_list_is_the_confusion_matrix_off_its_diagonal(models, digits_small, zoo_path):
