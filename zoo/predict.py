@@ -205,3 +205,12 @@ def _identity(entry: ZooEntry) -> tuple:
     except FileNotFoundError:
         raise ZooError(f"Model '{entry.name}' was removed or replaced just now; try again.") from None
     return hashlib.sha256(description).hexdigest(), weights
+
+
+def explain(model: str | LoadedModel, image: ImageSource, target: str | int | None = None, **options):
+    """Grad-CAM: the heatmap and overlay of what made the model choose `target` (None: its top class).
+
+    The same as `zoo.explain.explain` (see there for the options); kept here beside `predict`."""
+    from zoo.explain import explain as grad_cam  # imports this module: load it only when asked
+
+    return grad_cam(model, image, target, **options)
