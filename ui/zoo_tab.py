@@ -17,9 +17,8 @@ from ui.config import app_config, require_owner
 from ui.handlers import INTERNAL, friendly_errors, hide, show
 from ui.views import accuracy_text, classes_text
 from zoo import zoo_dir
-from zoo.archives import export_model, import_model
+from zoo.archives import export_model, export_onnx, import_model
 from zoo.catalog import list_entries, read_entry, remove_model, rename_model
-from zoo.store import export_onnx
 
 ZOO_COLUMNS = ["name", "backbone", "strategy", "classes", "accuracy", "created"]
 HUB_COLUMNS = ["repo_id", "strategy", "private", "downloads", "likes", "last_modified"]

@@ -1,6 +1,7 @@
 """Moving one model as files: a zip (export, import), or a folder to upload or one just downloaded.
 
     export_model(name, output=...)     <name>/config.json, model.safetensors, README.md, transfer.json
+    export_onnx(name, output=...)      one .onnx file for onnxruntime, checked (zoo.onnx_export)
     import_model(zip)                  the reverse, through the same gate as a Hub pull
     snapshot_model(name, folder)       one consistent version of a model's files (push, export)
     install_folder(folder, target)     check a folder of model files and publish it atomically
@@ -35,6 +36,14 @@ from zoo.store import (
     validate_name,
     write_model_files,
 )
+
+
+def export_onnx(name: str, **options):
+    """Model `name` as a checked `.onnx` file, beside the zip export: `zoo.onnx_export.export_onnx`
+    (see there for the options and what is checked)."""
+    from zoo.onnx_export import export_onnx as export  # torch, onnx and onnxruntime: only when exporting
+
+    return export(name, **options)
 
 
 def export_model(name: str, *, zoo: str | Path | None = None, output: str | Path | None = None) -> Path:

@@ -262,14 +262,6 @@ def rewrite_card(folder: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
-def export_onnx(name: str, **options):
-    """Model `name` as a checked `.onnx` file: `zoo.onnx_export.export_onnx` (see there), here too
-    because exports start from the zoo's folders."""
-    from zoo.onnx_export import export_onnx as export  # torch and onnx: only when exporting
-
-    return export(name, **options)
-
-
 def _before_publish_hook(staging: Path) -> None:
     """Test-only: with ZOO_TEST_PAUSE_BEFORE_PUBLISH=<file>, write <file> and wait until the test
     deletes it (or ZOO_TEST_PAUSE_SECONDS pass), so a test can kill the process, or release several,
