@@ -31,7 +31,7 @@ from PIL import Image
 from zoo import ZooError
 from zoo.images import ImageSource, open_image
 from zoo.model import ModelSpec, center_crop_uint8, normalize
-from zoo.predict import LoadedModel, ModelCache
+from zoo.loaded import LoadedModel, ModelCache
 
 
 @dataclass
