@@ -1,7 +1,8 @@
 """The app in a real browser: headless Chromium (Debian's `chromium`) driven by playwright.
 
-One user's whole visit: open the page, upload a zip of class folders, train with one click, find the
-new model in the zoo table, and predict a new picture with it. Screenshots of every step go to
+One user's whole visit: open the page, upload a zip of class folders, train with one click, open a
+cell of the confusion matrix, find the new model in the zoo table, predict a new picture with it and
+see its Grad-CAM heatmap. Screenshots of every step go to
 tests/screenshots/ (git-ignored) for a person to look at.
 """
 
@@ -119,6 +120,16 @@ def test_upload_train_find_in_zoo_and_predict(page, tmp_path):
     shoot(page, "3-trained")
     print(f"one-click fine-tune in the browser: {seconds:.1f} s")
 
+    # the drill-down: clicking a cell of the confusion matrix shows its validation images
+    expect(page.locator("#drill-down")).to_be_visible()
+    expect(page.locator("#cell-title")).to_contain_text("Click a cell")
+    cell = page.locator("#confusion [data-testid='cell-2-3']")  # row 2: true red; column 3: predicted red
+    count = int(cell.inner_text().strip())
+    cell.click()
+    expect(page.locator("#cell-title")).to_contain_text(f"{count} validation image(s) of red recognised")
+    expect(page.locator("#cell-images img")).to_have_count(count)
+    shoot(page, "3b-drill-down")
+
     # the zoo table has the new model
     page.get_by_role("tab", name="Zoo").click()
     expect(page.locator("#zoo-table")).to_contain_text("browser-colours")
@@ -134,6 +145,12 @@ def test_upload_train_find_in_zoo_and_predict(page, tmp_path):
     assert top.inner_text().strip() == "red"  # and it is the right one
     expect(page.locator("#prediction")).to_contain_text("blue")  # the runners-up are listed too
     shoot(page, "5-predict")
+
+    # what the model looked at: a Grad-CAM heatmap beside the scores
+    page.locator("#explain-button").click()
+    expect(page.locator("#heatmap img")).to_be_visible()
+    expect(page.locator("#heatmap-note")).to_contain_text("Where the evidence for red")
+    shoot(page, "5b-heatmap")
 
 
 def test_cancel_and_closing_the_page_stop_a_fit_and_save_nothing(page, browser, url, zoo, tmp_path):

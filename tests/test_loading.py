@@ -34,8 +34,8 @@ def test_a_cancelled_feature_pass_keeps_finished_chunks_and_the_next_pass_resume
                                                                                 monkeypatch):
     monkeypatch.setattr(features, "FEATURE_CHUNK", 64)
     decoded = []
-    original_decode = loading.ImageFiles.decode
-    monkeypatch.setattr(loading.ImageFiles, "decode", lambda self, row: decoded.append(row) or original_decode(self, row))
+    original_open = loading.open_image
+    monkeypatch.setattr(loading, "open_image", lambda *args, **kwargs: decoded.append(1) or original_open(*args, **kwargs))
     settings = dict(strategy="feature-extractor", image_size=32, workers=0)
     zoo = tmp_path / "zoo"
     seen = []

@@ -1,7 +1,8 @@
 """Command line: `python -m transfer fit|advise|compare DATA [options]`.
 
     fit      train one model (strategy `auto` by default: the frozen strategies first on one cached pass,
-             then a trainable one only if it is likely to be worth its time) and save it in the zoo
+             then a trainable one only if it is likely to be worth its time) and save it in the zoo;
+             with --dry-run, print the plan (strategy, epochs, estimate, images, device) and train nothing
     advise   measure the data and say which strategy suits it, and why (nothing is trained)
     compare  fit all four strategies on the same split within a time budget; table and chart
 
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--max-seconds", type=float, help="time budget; training stops early to stay within it")
     fit.add_argument("--name", help="model name in the zoo (default: DATA-STRATEGY-TIMESTAMP)")
     fit.add_argument("--overwrite", action="store_true", help="replace a model of the same name")
+    fit.add_argument("--dry-run", action="store_true",
+                     help="print the plan (strategy, epochs, estimated seconds, images, device) and train nothing")
     fit.add_argument("--text-encoder", metavar="minilm|hashing|NAME|none",
                      help="for data with a metadata.jsonl/csv of texts: minilm (default, bundled), hashing, "
                           "a sentence-transformers model name (online), or none to ignore the texts")
@@ -113,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fit(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _plan(args)
     from transfer.fit import fit
 
     result = _with_progress_bar(args, lambda bar: fit(
@@ -141,6 +146,17 @@ def _fit(args: argparse.Namespace) -> int:
     zoo_option = f" --zoo {args.zoo}" if args.zoo else ""
     print(f"next: python -m zoo{zoo_option} predict {result.name} IMAGE.jpg   "
           f"(or `python app.py`: it is in the Predict tab)")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from transfer.plan import plan_fit
+
+    plan = _with_progress_bar(args, lambda bar: plan_fit(
+        args.data, backbone=args.backbone, strategy=args.strategy, epochs=args.epochs, image_size=args.image_size,
+        batch_size=args.batch_size, max_seconds=args.max_seconds, seed=args.seed, zoo=args.zoo, progress=bar,
+        device=args.device))
+    print(json.dumps(plan.to_json()) if args.json else plan.text())
     return 0
 
 

@@ -6,18 +6,19 @@ the final features, `shallow` probes each stage to choose its cut, `fine-tune` w
 them, and a repeat fit of the same data and backbone (or `compare`) skips the pass altogether
 (`transfer.feature_cache`: keyed by the weights, the input settings and the images' contents).
 
-The pass streams: images are read and decoded in the loader's workers a batch at a time (or taken
-from the scan's decoded images on the fast path), run on the engine's device with BatchNorm folded
-into the convolutions (`zoo.model.fused_for_inference`) under the engine's autocast, and each chunk
-of `FEATURE_CHUNK` images is written to the cache as soon as it is done. With several processes
-each computes its own chunks and all get every chunk.
+The pass streams: `FEATURE_CHUNK` images at a time are read and decoded on a thread pool (while
+the previous chunk runs through the backbone), or taken from the scan's decoded images on the fast
+path; they run on the engine's device with BatchNorm folded into the convolutions
+(`zoo.model.fused_for_inference`) under the engine's autocast, and each chunk is written to the
+cache as soon as it is done. With several processes each computes its own chunks and all get every
+chunk.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from functools import partial
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -33,14 +34,14 @@ from transfer.feature_cache import (
     store_cached,
     store_part,
 )
-from transfer.loading import ImageFiles, Scan, loader, scan_images
+from transfer.loading import Scan, scan_images
 from transfer.progress import Progress, Run
 from zoo.model import ModelSpec, center_crop_uint8, fused_for_inference, normalize
 from zoo.weights import Weights
 
 log = logging.getLogger(__name__)
 
-FEATURE_CHUNK = 1024  # images per cached part: what a cancelled pass keeps
+FEATURE_CHUNK = 512  # images per cached part (what a cancelled pass keeps), decoded at a time
 
 
 @torch.inference_mode()
@@ -100,7 +101,10 @@ def feature_pass(dataset, samples, model, spec, batch_size, run: Run, *, hashes:
                  key: str | None = None, zoo=None, images=None) -> tuple[Features, dict[str, str]]:
     """Run the frozen backbone once over `samples`: (Features of the images that decode, {hash: reason}
     of those that do not). With a cache `key`, each chunk is stored as a part when done and parts of
-    an earlier, unfinished pass are reused (see `transfer.feature_cache`)."""
+    an earlier, unfinished pass are reused (see `transfer.feature_cache`).
+
+    images: the samples' decoded images, when the fit has them; otherwise each chunk is decoded on
+    a thread pool while the previous one runs through the backbone."""
     engine = run.engine
     hashes = hashes or [f"row:{row}" for row in range(len(samples))]
     done = [0]
@@ -111,59 +115,54 @@ def feature_pass(dataset, samples, model, spec, batch_size, run: Run, *, hashes:
                             message="computing features"))
         run.check_stop()
 
+    def rows_of(start: int) -> range:
+        return range(start, min(start + FEATURE_CHUNK, len(samples)))
+
+    def decode(start: int) -> Scan:
+        return scan_images(dataset, [samples[row] for row in rows_of(start)], shorter_side=spec.resized_side,
+                           engine=engine.local(), keep=True, should_stop=run.should_stop)
+
     example = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)).contiguous(
         memory_format=torch.channels_last)
     model = fused_for_inference(model.eval(), example)  # BatchNorm folded into the convs: ~25% less CPU
     model = model.to(engine.device, memory_format=torch.channels_last)
     chunks = range(0, len(samples), FEATURE_CHUNK)
     mine = [start for number, start in enumerate(chunks) if number % engine.world_size == engine.rank]
-    computed: list[tuple[int, Features, dict[str, str]]] = []
+    stored = {start: load_part(key, start // FEATURE_CHUNK, [hashes[row] for row in rows_of(start)], zoo=zoo)
+              if key else None for start in mine}
     for start in mine:
-        rows = range(start, min(start + FEATURE_CHUNK, len(samples)))
-        chunk_hashes = [hashes[row] for row in rows]
-        stored = load_part(key, start // FEATURE_CHUNK, chunk_hashes, zoo=zoo) if key else None
-        if stored is None:
-            stored = _chunk_features(dataset, [samples[row] for row in rows], model, spec, batch_size, engine,
-                                     None if images is None else [images[row] for row in rows], on_batch)
-            stored = (stored[0], {chunk_hashes[index]: reason for index, reason in stored[1].items()})
+        if stored[start] is not None:  # finished by an earlier pass
+            on_batch(len(rows_of(start)))
+    missing = [start for start in mine if stored[start] is None]
+    with ThreadPoolExecutor(1) as ahead:  # decodes the next chunk while this one runs
+        decoding = {}
+        for position, start in enumerate(missing):
+            if images is None:
+                for upcoming in missing[position:position + 2]:
+                    if upcoming not in decoding:
+                        decoding[upcoming] = ahead.submit(decode, upcoming)
+                chunk = decoding.pop(start).result()
+            else:
+                chunk = Scan(hashes=[], errors=[None] * len(rows_of(start)), images=[images[row] for row in rows_of(start)])
+            features = _chunk_features(chunk.images, model, spec, batch_size, engine, on_batch)
+            chunk_hashes = [hashes[row] for row in rows_of(start)]
+            failed = {chunk_hashes[index]: reason for index, reason in enumerate(chunk.errors) if reason}
             if key:
-                store_part(key, start // FEATURE_CHUNK, chunk_hashes, *stored, zoo=zoo)
-        else:
-            on_batch(len(rows))
-        computed.append((start, *stored))
+                store_part(key, start // FEATURE_CHUNK, chunk_hashes, features, failed, zoo=zoo)
+            stored[start] = (features, failed)
+    computed = [(start, *stored[start]) for start in mine]
     if engine.distributed:  # every process gets every chunk
         computed = sorted(engine.gather_objects(computed), key=lambda item: item[0])
     failed = {digest: reason for _, _, part_failed in computed for digest, reason in part_failed.items()}
     return Features.concatenate([features for _, features, _ in computed]), failed
 
 
-def _chunk_features(dataset, samples, model, spec, batch_size, engine, images, on_batch) -> tuple[Features, dict[int, str]]:
-    """Features of one chunk, and {row in the chunk: reason} for the images that do not decode."""
-    files = ImageFiles(dataset, samples, shorter_side=spec.resized_side, transform=partial(center_crop_uint8, spec=spec),
-                       images=images)
-    failed: dict[int, str] = {}
-
-    def batches():
-        # the chunks are already divided between the processes: this loader is not sharded
-        for crops, labels, rows in loader(files, batch_size=batch_size, engine=engine.local()):
-            ok = labels >= 0
-            for row in rows[~ok].tolist():
-                failed[row] = _decode_error(files, row)
-            if ok.any():
-                yield crops[ok]
-            if not ok.all():  # images that failed count as done too (a report per failure, not per batch)
-                on_batch(int((~ok).sum()))
-
-    return extract_features(model, batches(), spec, engine=engine, on_batch=on_batch), failed
-
-
-def _decode_error(files: ImageFiles, row: int) -> str:
-    """Why image `row` does not decode (it is decoded again, in this process, to say it)."""
-    try:
-        files.decode(row)
-        return "could not be decoded"
-    except Exception as error:  # the reason, whatever Pillow raised
-        return str(error).removeprefix(f"{files.samples[row].relpath}: ")
+def _chunk_features(images, model, spec, batch_size, engine, on_batch) -> Features:
+    """Features of a chunk's decoded images (None: an image that did not decode, left out)."""
+    crops = [center_crop_uint8(image, spec) for image in images if image is not None]
+    on_batch(len(images) - len(crops))
+    batches = (torch.stack(crops[start:start + batch_size]) for start in range(0, len(crops), batch_size))
+    return extract_features(model, batches, spec, engine=engine, on_batch=on_batch)
 
 
 def split_texts(dataset: Dataset, encoder: str, zoo, run: Run) -> dict[str, Any]:

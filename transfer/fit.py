@@ -26,6 +26,7 @@ from accelerate.utils import set_seed
 from transfer import DataError
 from transfer.data import Dataset, load_dataset
 from transfer.engine import make_engine
+from transfer.errors import error_report
 from transfer.frozen import fit_frozen
 from transfer.metrics import classification_metrics
 from transfer.outcome import Fitted
@@ -66,6 +67,7 @@ class FitResult:
     stopped_by_budget: bool = False
     advice: dict[str, Any] | None = None  # strategy="auto": what was tried, chosen and why (transfer.auto)
     val_accuracy: float | None = None  # on the validation split (what auto and early stopping judge by)
+    errors: dict[str, Any] | None = None  # the misclassified images of metrics_split (transfer.errors)
     model: torch.nn.Module | None = field(default=None, repr=False, compare=False)  # as saved
 
     def to_json(self) -> dict[str, Any]:
@@ -135,7 +137,7 @@ def fit(
         """One strategy on `dataset` with this fit's settings (auto's frozen stages: epochs=None, so
         `--epochs`, meant for the network, does not cut their heads short); nothing saved yet."""
         begun, plan = time.monotonic(), get_strategy(strategy_name)
-        weights = _weights_for(plan, backbone, zoo)
+        weights = weights_for(plan, backbone, zoo)
         size = image_size_for(plan, image_size, weights.native_size, dataset.median_side)
         spec = ModelSpec.for_weights(weights, dataset.classes, image_size=size)
         if encoder:
@@ -167,6 +169,8 @@ def fit(
     metrics = classification_metrics(outcome.labels[split], outcome.logits[split].argmax(1).tolist(), spec.label_names)
     val_metrics = metrics if split == "val" else classification_metrics(
         outcome.labels["val"], outcome.logits["val"].argmax(1).tolist(), spec.label_names)
+    errors = error_report(dataset.splits()[split], outcome.labels[split], outcome.logits[split], spec.label_names,
+                          split)
     trainable, total = outcome.parameters or count_parameters(model)
     name = engine.share(name or _default_name(dataset, plan))  # one name, the main process's
     train_seconds = round(time.monotonic() - started, 2)
@@ -179,6 +183,7 @@ def fit(
         "metrics": metrics,
         "metrics_split": split,
         "val_metrics": {k: val_metrics[k] for k in ("accuracy", "macro_f1")},
+        "errors": errors,
         "history": outcome.history,
         "details": outcome.details,
         "ablation": outcome.ablation,
@@ -207,7 +212,7 @@ def fit(
         skipped=list(dataset.skipped), warnings=list(dataset.warnings), trainable_parameters=trainable,
         total_parameters=total, image_size=spec.image_size, details=outcome.details,
         ablation=outcome.ablation, stopped_by_budget=run.budget_hit, advice=advice,
-        val_accuracy=round(val_metrics["accuracy"], 4), model=model,
+        val_accuracy=round(val_metrics["accuracy"], 4), errors=errors, model=model,
     )
 
 
@@ -228,7 +233,8 @@ def _text_encoder_for(dataset: Dataset, requested: str | None) -> str | None:
 # --- helpers -----------------------------------------------------------------------------------------------
 
 
-def _weights_for(plan: Strategy, backbone: str, zoo) -> Weights:
+def weights_for(plan: Strategy, backbone: str, zoo) -> Weights:
+    """The weights a fit of `plan` starts from (from scratch: the architecture only)."""
     if plan.pretrained:
         return resolve_weights(backbone, zoo=zoo)
     # from scratch: only the architecture matters; nothing is downloaded

@@ -1,24 +1,27 @@
-"""A dataset's pixels, streamed: `torch.utils.data` over the validated samples, decoded in worker processes.
+"""A dataset's pixels, streamed: `torch.utils.data` over the validated samples.
 
     scan = scan_images(dataset, samples, shorter_side=146, engine=engine)   # once per fit
     files = ImageFiles(dataset, samples, shorter_side=146, transform=..., images=scan.images)
     for images, labels, rows in loader(files, batch_size=32, shuffle=True, seed=0, engine=engine): ...
 
-`scan_images` reads every image once: the sha1 of its bytes (what feature caches are keyed by),
-whether it decodes (a file that does not is reported by name and dropped), and, when the decoded
-images fit `MEMORY_BUDGET_MB` and the fit runs in one process, the images themselves, resized once
-to the fit's size (the fast path: no decoding every epoch). Otherwise `ImageFiles` reads and decodes
-each image when a batch needs it, in the loader's worker processes, so memory does not grow with the
-number of images. Either way every image goes through `zoo.images.open_image`, as in prediction.
-Files are read through the upload limits (`transfer.uploads`); a zip is opened once per process.
+`scan_images` reads every image once, decoding on a small thread pool: the sha1 of its bytes (what
+feature caches are keyed by), whether it decodes (a file that does not is reported by name and
+dropped), and, when the decoded images fit `MEMORY_BUDGET_MB` and the fit runs in one process, the
+images themselves, resized once to the fit's size (the fast path: no decoding every epoch).
+Otherwise `ImageFiles` reads and decodes each image when a batch needs it, in the loader's worker
+processes, so memory does not grow with the number of images. Either way every image goes through
+`zoo.images.open_image`, as in prediction. Files are read through the upload limits
+(`transfer.uploads`); a zip is opened once per process.
 """
 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import zipfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import torch
@@ -31,7 +34,8 @@ from transfer.uploads import ReadBudget, UnreadableEntry, size_text
 from zoo.images import ImageError, open_image
 
 MEMORY_BUDGET_MB = int(os.environ.get("TRANSFER_MEMORY_MB", 1024))  # decoded images kept in memory, at most
-SCAN_BATCH = 16  # images per item a scanning worker hands back
+SCAN_THREADS = max(1, min(4, os.cpu_count() or 1))  # decoding threads of the scan
+SCAN_WINDOW = 8 * SCAN_THREADS  # files read ahead of the decoding threads
 
 
 class SampleReader:
@@ -49,13 +53,16 @@ class SampleReader:
         return {**self.__dict__, "_archive": None, "_pid": None}
 
     def read(self, relpath: str) -> bytes:
-        """The file's bytes; `UnreadableEntry` for a damaged zip member; `DataError` past a limit."""
+        """The file's bytes; `ImageError` for a damaged zip member; `DataError` past a limit."""
         budget = ReadBudget(self.limits)
         if not self.is_zip:
             return budget.read_file(self.source / self.prefix / relpath, relpath)
         if self._archive is None or self._pid != os.getpid():
             self._archive, self._pid = zipfile.ZipFile(self.source), os.getpid()
-        return budget.read_member(self._archive, self._archive.getinfo(self.prefix + relpath), relpath)
+        try:
+            return budget.read_member(self._archive, self._archive.getinfo(self.prefix + relpath), relpath)
+        except UnreadableEntry as problem:
+            raise ImageError(f"{relpath}: {problem}") from None
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -80,14 +87,12 @@ class ImageFiles(torch.utils.data.Dataset):
     def decode(self, row: int) -> Image.Image:
         sample = self.samples[row]
         content = self.reader.read(sample.relpath)
-        if isinstance(content, UnreadableEntry):
-            raise ImageError(f"{sample.relpath}: {content}")
         return open_image(content, shorter_side=self.shorter_side, max_pixels=self.max_pixels, name=sample.relpath)
 
     def __getitem__(self, row: int) -> tuple[torch.Tensor, int, int]:
         try:
             image = self.images[row] if self.images is not None else self.decode(row)
-        except (ImageError, DataError, OSError):  # reported by check_batch, in the main process
+        except (ImageError, DataError, OSError):  # reported by check_batch, in the training process
             return torch.zeros(3, 1, 1, dtype=torch.uint8), -1, row
         return self.transform(image), self.samples[row].label, row
 
@@ -116,15 +121,29 @@ def collate_images(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 def loader(files: ImageFiles, *, batch_size: int, engine, shuffle: bool = False, seed: int = 0,
            drop_last: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader over `files` on the engine's workers (pinned memory on CUDA), sharded between
-    processes when there are several. Seeded: the same seed gives the same batches and augmentation."""
-    workers = engine.workers
+    """A DataLoader over `files` (pinned memory on CUDA), sharded between processes when there are
+    several. Seeded: the same seed gives the same batches and augmentation.
+
+    Images in memory are cropped and augmented in this process (passing them to other processes
+    costs more than that). Images read from disk are read and decoded by the engine's workers,
+    started from a clean process (`forkserver`): a forked copy of a server (the app) would hold its
+    sockets and keep every connection open."""
+    workers = 0 if files.images is not None else engine.workers
     data = torch.utils.data.DataLoader(
         files, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=workers,
         pin_memory=engine.pin_memory, persistent_workers=workers > 0, collate_fn=collate_images,
         generator=torch.Generator().manual_seed(seed), prefetch_factor=4 if workers else None,
+        multiprocessing_context=_worker_context() if workers else None,
     )
     return engine.prepare_loader(data)
+
+
+def _worker_context():
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload(["torch", "timm", "transfer.loading"])  # workers start in a blink
+    return context
 
 
 # --- the scan: every image read once -----------------------------------------------------------------
@@ -153,67 +172,56 @@ def fits_in_memory(count: int, shorter_side: int, engine) -> bool:
     return engine.world_size == 1 and estimate <= MEMORY_BUDGET_MB << 20
 
 
-class _Scanning(torch.utils.data.Dataset):
-    """Groups of SCAN_BATCH rows -> [(row, sha1, error, image or None, bytes read)], in a worker."""
-
-    def __init__(self, files: ImageFiles, rows: Sequence[int], keep: bool, decode: bool):
-        self.files, self.rows, self.keep, self.decode = files, list(rows), keep, decode
-
-    def __len__(self) -> int:
-        return -(-len(self.rows) // SCAN_BATCH)
-
-    def __getitem__(self, group: int) -> list:
-        found = []
-        for row in self.rows[group * SCAN_BATCH:(group + 1) * SCAN_BATCH]:
-            sample = self.files.samples[row]
-            try:
-                content = self.files.reader.read(sample.relpath)
-            except DataError as error:  # a limit: the whole upload is refused, with this message
-                return [(REFUSED, str(error), None, None, 0)]
-            if isinstance(content, UnreadableEntry):
-                found.append((row, f"unreadable:{sample.relpath}", str(content), None, 0))
-                continue
-            digest, image, error = hashlib.sha1(content).hexdigest(), None, None
-            if self.decode:
-                try:
-                    image = open_image(content, shorter_side=self.files.shorter_side,
-                                       max_pixels=self.files.max_pixels, name=sample.relpath)
-                except ImageError as problem:
-                    error = str(problem).removeprefix(f"{sample.relpath}: ")
-            found.append((row, digest, error, image if self.keep else None, len(content)))
-        return found
-
-
-REFUSED = -1  # a group that hit an upload limit
-
-
 def scan_images(dataset: Dataset, samples: Sequence[Sample], *, shorter_side: int, engine=None,
                 keep: bool | None = None, decode: bool = True,
                 on_progress: Callable[[int, int], None] | None = None,
                 should_stop: Callable[[], bool] | None = None) -> Scan:
     """Read every sample once (see the module docstring). keep: keep the decoded images (None: when
-    they fit in memory); decode=False only hashes the bytes. With several processes each reads its
-    share and all get every result. The upload limits hold over the whole read (a limit exceeded
-    raises `DataError`, and the upload is refused)."""
+    they fit in memory); decode=False only hashes the bytes. Files are read in order and decoded on
+    a small thread pool (Pillow releases the GIL), a bounded window at a time. With several
+    processes each reads its share and all get every result. The upload limits hold over the whole
+    read (a limit exceeded raises `DataError`, and the upload is refused)."""
     engine = engine or cpu_engine()
     keep = fits_in_memory(len(samples), shorter_side, engine) if keep is None else keep
-    files = ImageFiles(dataset, samples, shorter_side=shorter_side, transform=_unchanged)
-    scanning = torch.utils.data.DataLoader(_Scanning(files, engine.my_share(len(samples)), keep, decode),
-                                           batch_size=None, num_workers=engine.workers, collate_fn=_unchanged)
-    total_bytes, budget, found = 0, dataset.limits.max_total_bytes, []
-    for group in scanning:
-        if group and group[0][0] == REFUSED:
-            raise DataError(group[0][1])
-        for row, digest, error, image, size in group:
-            total_bytes += size
-            if total_bytes > budget:
+    reader, files = SampleReader(dataset), ImageFiles(dataset, samples, shorter_side=shorter_side, transform=_unchanged)
+    budget, total, found, window = dataset.limits.max_total_bytes, 0, [], []
+
+    def look(item: tuple[int, bytes | None, str | None]) -> tuple[int, str, str | None, Image.Image | None]:
+        row, content, problem = item
+        if content is None:
+            return row, f"unreadable:{samples[row].relpath}", problem, None
+        digest, image = hashlib.sha1(content).hexdigest(), None
+        if decode:
+            try:
+                image = open_image(content, shorter_side=shorter_side, max_pixels=files.max_pixels,
+                                   name=samples[row].relpath)
+            except ImageError as error:
+                return row, digest, str(error).removeprefix(f"{samples[row].relpath}: "), None
+        return row, digest, None, image if keep else None
+
+    with ThreadPoolExecutor(SCAN_THREADS) as pool:
+
+        def flush() -> None:  # at most one window of file contents in memory
+            found.extend(pool.map(look, window))
+            window.clear()
+            if on_progress:
+                on_progress(len(found) * engine.world_size, len(samples))
+            if should_stop and should_stop():
+                raise Cancelled("stopped while reading images")
+
+        for row in engine.my_share(len(samples)):
+            try:
+                content, problem = reader.read(samples[row].relpath), None
+            except ImageError as error:  # a damaged zip member: skipped, with the reason
+                content, problem = None, str(error).removeprefix(f"{samples[row].relpath}: ")
+            total += len(content or b"")
+            if total > budget:
                 raise DataError(f"the data is larger than {size_text(budget)} in all (reached at "
                                 f"{samples[row].relpath}); use fewer or smaller images")
-            found.append((row, digest, error, image))
-        if on_progress:
-            on_progress(len(found) * engine.world_size, len(samples))
-        if should_stop and should_stop():
-            raise Cancelled("stopped while reading images")
+            window.append((row, content, problem))
+            if len(window) >= SCAN_WINDOW:
+                flush()
+        flush()
     if engine.distributed:  # every process gets every result (images are never kept with several)
         found = engine.gather_objects([(row, digest, error, None) for row, digest, error, _ in found])
     found.sort(key=lambda item: item[0])

@@ -1,5 +1,6 @@
 """The Predict tab: pick a model, give an image (upload, webcam, example), read the top labels; an
-image+text model also takes a sentence (image, text, or both); several images at once in a table."""
+image+text model also takes a sentence (image, text, or both); several images at once in a table;
+and a Grad-CAM heatmap of what the model looked at, for its top class or one the user picks."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ import pandas as pd
 from ui.gpu import PREDICT_SECONDS, on_gpu
 from ui.handlers import INTERNAL, PREDICTING, friendly_errors
 from ui.uploads import ASSETS, EXAMPLE_DATASET
+from ui.views import enlarged
 from ui.zoo_tab import model_names, still_there
 from zoo.catalog import read_entry
-from zoo.predict import ModelCache, predict
+from zoo.predict import ModelCache, explain, predict
 
 MODEL_CACHE = ModelCache(size=4)  # loaded models, shared by every user (read-only; keyed by content)
 MOST_IMAGES_AT_ONCE = 256
+TOP_CLASS = "the top class"
+HEATMAP_SIDE = 224  # smaller overlays (a 32 px model's crop) are enlarged to this
 
 
 @friendly_errors
@@ -97,6 +101,44 @@ def predict_images(name: str | None, files: list[str] | None, top_k: float, text
     return pd.DataFrame(rows, columns=["image", "label", "score", "top-k"])
 
 
+@friendly_errors
+def explain_classes(name: str | None):
+    """The classes the heatmap can be drawn for: the top class, or any of the model's."""
+    labels = read_entry(name).spec.label_names if name else []
+    return gr.update(choices=[TOP_CLASS, *labels], value=TOP_CLASS)
+
+
+@friendly_errors
+def explain_image(name: str | None, image: str | None, target: str | None, text: str = ""):
+    """Grad-CAM (`zoo.explain`): the heatmap over the crop the model sees, and what it shows."""
+    name = _require_model(name)
+    if not image:
+        raise gr.Error("Upload an image (or click one of the examples) first.")
+    text = (text or "").strip()
+    loaded = MODEL_CACHE.get(name)
+    if text and loaded.spec.text is None:
+        raise _images_only(name)
+    shown = explain(loaded, image, None if target in (None, "", TOP_CLASS) else target, text=text or None)
+    note = (f"Where the evidence for **{shown.label}** ({shown.score:.1%}) lies: red most, blue least "
+            f"(Grad-CAM on `{shown.layer}`, over the centre crop the model sees).")
+    if shown.label != shown.top_label:
+        note += f" The model's own answer is **{shown.top_label}** ({shown.top_score:.1%})."
+    return enlarged(shown.overlay, HEATMAP_SIDE), note
+
+
+@friendly_errors
+def explain_when_ready(name: str | None, image: str | None, target: str | None, text: str = ""):
+    """A class picked for the heatmap: draw it when there is an image; quiet otherwise."""
+    if not name or not image:
+        return gr.skip(), gr.skip()
+    return explain_image(name, image, target, text)
+
+
+def clear_heatmap():
+    """A new image or model: the old heatmap no longer applies."""
+    return None, ""
+
+
 def example_images() -> list[list[str]]:
     """The tab's examples: the photos, and a few digits of the example dataset."""
     photos = sorted((ASSETS / "photos").glob("*.jpg"))
@@ -128,6 +170,14 @@ def build(demo: gr.Blocks) -> PredictTab:
                 gr.Examples(example_images(), inputs=[image], label="Examples")
             with gr.Column():
                 label = gr.Label(label="Prediction", elem_id="prediction")
+                with gr.Accordion("What the model looked at (Grad-CAM)", open=True):
+                    with gr.Row():
+                        explain_class = gr.Dropdown([TOP_CLASS], value=TOP_CLASS, label="Heatmap for",
+                                                    allow_custom_value=True, elem_id="explain-class", scale=3)
+                        explain_button = gr.Button("Show heatmap", elem_id="explain-button", scale=1)
+                    heatmap = gr.Image(type="pil", label="Heatmap", height=260, interactive=False,
+                                       elem_id="heatmap")
+                    heatmap_note = gr.Markdown(elem_id="heatmap-note")
                 with gr.Accordion("Several images at once", open=False):
                     batch_files = gr.File(file_count="multiple", file_types=["image"], label="Images")
                     batch_button = gr.Button("Predict all")
@@ -139,6 +189,13 @@ def build(demo: gr.Blocks) -> PredictTab:
     predict_button.click(predict_image, inputs, label, api_name="predict", **PREDICTING)
     image.change(predict_when_ready, inputs, label, api_name="predict_on_change", **PREDICTING, **INTERNAL)
     text.submit(predict_image, inputs, label, api_name="predict_on_submit", **PREDICTING, **INTERNAL)
+    model.change(explain_classes, model, explain_class, api_name="explain_classes", **INTERNAL)
+    explain_inputs = [model, image, explain_class, text]
+    explain_button.click(explain_image, explain_inputs, [heatmap, heatmap_note], api_name="explain", **PREDICTING)
+    explain_class.input(explain_when_ready, explain_inputs, [heatmap, heatmap_note], api_name="explain_on_pick",
+                        **PREDICTING, **INTERNAL)
+    gr.on([image.change, model.change], clear_heatmap, None, [heatmap, heatmap_note], api_name="clear_heatmap",
+          queue=False, **INTERNAL)
     batch_button.click(predict_images, [model, batch_files, top_k, text], batch_table, api_name="predict_batch",
                        **PREDICTING)
     return PredictTab(model=model, text=text)

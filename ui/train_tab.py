@@ -19,7 +19,7 @@ import pandas as pd
 from transfer.fit import fit
 from transfer.progress import Progress
 from transfer.strategies import STRATEGIES, estimate_seconds
-from ui import runs
+from ui import drilldown, runs
 from ui.config import AppConfig, app_config, require_backbone_allowed
 from ui.gpu import fit_seconds, on_gpu
 from ui.handlers import INTERNAL, TRAINING, friendly_errors
@@ -351,6 +351,7 @@ def build(demo: gr.Blocks, config: AppConfig, zoo: ZooTab, predict: PredictTab) 
                                              elem_id="per-class")
                     confusion = gr.Dataframe(label="Confusion matrix (rows: true class)", interactive=False,
                                              max_height=360, visible=False, elem_id="confusion")
+                drill = drilldown.build()  # the images behind the confusion matrix, after a fit
 
     demo.load(backbone_choices, None, backbone, api_name="list_backbones", **INTERNAL)
     dataset_file.change(inspect_dataset, dataset_file, [summary, counts_plot, thumbs, skipped, facts_state],
@@ -379,6 +380,7 @@ def build(demo: gr.Blocks, config: AppConfig, zoo: ZooTab, predict: PredictTab) 
         [zoo.table, predict.model, zoo.model, zoo.card, predict.text, backbone, train_button, cancel_button,
          progress_area, run_state],
         api_name="after_training", **INTERNAL,
-    )
+    ).then(drilldown.after_fit, [trained_state, dataset_file], drill.outputs, api_name="drill_down")
+    drilldown.wire(drill, confusion)
     cancel_button.click(cancel_training, run_state, status, api_name="cancel", queue=False)
     return TrainTab(dataset_file=dataset_file, backbone=backbone, facts=facts_state)

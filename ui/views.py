@@ -65,6 +65,17 @@ def status_text(event: Progress | None, started: float, estimate: float | None) 
     return " · ".join(parts)
 
 
+def enlarged(image, side: int = 128):
+    """A tiny PIL image (8x8 digits, a 32 px model's crop) scaled up by a whole factor to at least
+    `side`, pixels kept sharp, so a gallery or heatmap shows it; larger images are returned as they are."""
+    from PIL import Image
+
+    if min(image.size) >= side:
+        return image
+    scale = -(-side // min(image.size))
+    return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+
+
 def accuracy_text(accuracy: float | None, split: str | None) -> str:
     if accuracy is None:
         return ""

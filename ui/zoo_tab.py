@@ -1,6 +1,6 @@
-"""The Zoo tab: the models table and search, a model's card, manage (rename, delete), export and
-import, and the Hugging Face Hub (push, pull, list; shown only with a token, on a Space only to its
-owner)."""
+"""The Zoo tab: the models table and search, a model's card, manage (rename, delete), export (a zip,
+or an ONNX file) and import, and the Hugging Face Hub (push, pull, list; shown only with a token, on
+a Space only to its owner)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ui.config import app_config, require_owner
 from ui.handlers import INTERNAL, friendly_errors, hide, show
 from ui.views import accuracy_text, classes_text
 from zoo import zoo_dir
-from zoo.archives import export_model, import_model
+from zoo.archives import export_model, export_onnx, import_model
 from zoo.catalog import list_entries, read_entry, remove_model, rename_model
 
 ZOO_COLUMNS = ["name", "backbone", "strategy", "classes", "accuracy", "created"]
@@ -113,13 +113,25 @@ def export_selected(name: str | None) -> str:
     """The selected model as one zip to download (anyone may: it is what the page already serves)."""
     if not name:
         raise gr.Error("Select the model to export first.")
+    return str(export_model(name, output=_export_folder() / f"{name}.zip"))
+
+
+@friendly_errors
+def export_selected_onnx(name: str | None) -> str:
+    """The selected model as an ONNX file to download, checked against PyTorch (`zoo.onnx_export`)."""
+    if not name:
+        raise gr.Error("Select the model to export first.")
+    return str(export_onnx(name, output=_export_folder() / f"{name}.onnx").path)
+
+
+def _export_folder() -> Path:
+    """A fresh folder for one download; those older than EXPORT_KEEP_SECONDS are swept away."""
     exports = zoo_dir() / "cache" / "exports"
-    for old in exports.glob("*/*.zip"):
+    for old in [*exports.glob("*/*.zip"), *exports.glob("*/*.onnx")]:
         if time.time() - old.stat().st_mtime > EXPORT_KEEP_SECONDS:
             shutil.rmtree(old.parent, ignore_errors=True)
     exports.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(dir=exports))
-    return str(export_model(name, output=folder / f"{name}.zip"))
+    return Path(tempfile.mkdtemp(dir=exports))
 
 
 @friendly_errors
@@ -238,6 +250,8 @@ def build(demo: gr.Blocks, on_space: bool) -> ZooTab:
                     manage_status = gr.Markdown()
                 with gr.Accordion("Export / import", open=False):
                     export_button = gr.Button("Export selected model (.zip)")
+                    export_onnx_button = gr.Button("Export selected model as ONNX (.onnx)",
+                                                   elem_id="export-onnx")
                     export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
                     import_file = gr.File(label="Model .zip to import", file_types=[".zip"], elem_id="import-zip")
                     import_name = gr.Textbox(label="Import as", placeholder="empty: the name in the zip")
@@ -272,6 +286,7 @@ def build(demo: gr.Blocks, on_space: bool) -> ZooTab:
     confirm_delete.click(delete_model, model, manage_status, api_name="delete_model").then(
         refresh_zoo, inputs, pickers, api_name="refresh_after_delete", **INTERNAL)
     export_button.click(export_selected, model, export_file, api_name="export_model")
+    export_onnx_button.click(export_selected_onnx, model, export_file, api_name="export_onnx")
     import_button.click(import_upload, [import_file, import_name], [import_status, model],
                         api_name="import_model").success(
         refresh_zoo, inputs, pickers, api_name="refresh_after_import", **INTERNAL)

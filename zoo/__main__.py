@@ -2,9 +2,11 @@
 
     list [--json] [--search TEXT]            the models, newest first (built-ins last)
     show NAME [--json]                       one model: summary, metrics, how it was made
+    show NAME --errors                       the misclassified images of its evaluation (file, true, predicted, score)
     predict NAME IMAGE... [--top-k K] [--json] [--text TEXT]...
+    explain NAME IMAGE [--target LABEL] [--output FILE.png] [--text TEXT] [--json] [--device D]   Grad-CAM
     rename OLD NEW | remove NAME [--yes] | restore NAME
-    export NAME [--output FILE] | import ZIP [--name NAME] [--overwrite]
+    export NAME [--format zip|onnx] [--output FILE] | import ZIP [--name NAME] [--overwrite]
     push NAME [--repo-id ID] [--private] | pull REPO_ID [--name NAME] [--revision REV] [--overwrite]
     hub-list [NAMESPACE] [--json]            models of a namespace on the Hub made with Transfer Zoo
 
@@ -53,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     show = command("show", "show one model")
     show.add_argument("name")
     show.add_argument("--json", action="store_true", help="print one JSON object (summary and transfer.json)")
+    show.add_argument("--errors", action="store_true",
+                      help="list the misclassified images of its evaluation, most confidently wrong first")
     predict = command("predict", "top-k labels for one or more images")
     predict.add_argument("name")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
@@ -62,6 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="one JSON object per image per line")
     predict.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
                          help="where the model runs (default auto: CUDA, then MPS, else the CPU)")
+    explain = command("explain", "Grad-CAM: a heatmap of what made the model choose a class")
+    explain.add_argument("name")
+    explain.add_argument("image", metavar="IMAGE")
+    explain.add_argument("--target", metavar="LABEL", help="the class to explain (default: the model's top class)")
+    explain.add_argument("--output", metavar="FILE.png",
+                         help="where to write the overlay (default: IMAGE-STEM.gradcam.png here)")
+    explain.add_argument("--text", metavar="TEXT", help="image+text models: the sentence beside the image")
+    explain.add_argument("--json", action="store_true", help="print one JSON object")
+    explain.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
+                         help="where the model runs (default auto: CUDA, then MPS, else the CPU)")
     rename = command("rename", "rename a model")
     rename.add_argument("old")
     rename.add_argument("new")
@@ -70,9 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("--yes", action="store_true", help="do not ask")
     restore = command("restore", "bring back a built-in model that was removed")
     restore.add_argument("name")
-    export = command("export", "write a model as one zip")
+    export = command("export", "write a model as one zip (to import elsewhere) or as an ONNX file")
     export.add_argument("name")
-    export.add_argument("--output", metavar="FILE", help="the zip to write (default: NAME.zip here)")
+    export.add_argument("--format", choices=("zip", "onnx"), default="zip",
+                        help="zip: the zoo folder (default); onnx: for onnxruntime, checked against PyTorch")
+    export.add_argument("--output", metavar="FILE", help="the file to write (default: NAME.zip or NAME.onnx here)")
     importing = command("import", "add a model from a zip written by export")
     importing.add_argument("archive", metavar="ZIP")
     importing.add_argument("--name", help="name in the zoo (default: the zip's folder name)")
@@ -137,6 +153,8 @@ def _show(args: argparse.Namespace) -> int:
     from zoo.catalog import read_entry
 
     entry = read_entry(args.name, zoo=args.zoo)
+    if args.errors:
+        return _errors(entry)
     row = entry.summary()
     if args.json:
         print(json.dumps({**row, "transfer": entry.info}))
@@ -186,6 +204,45 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _errors(entry) -> int:
+    """The misclassified images recorded in transfer.json (`transfer.errors`), one per line."""
+    report = entry.info.get("errors")
+    if not report:
+        raise ZooError(f"Model '{entry.name}' has no list of misclassified images (a built-in model, or one "
+                       "trained before Transfer Zoo kept it).")
+    print(f"{report['count']} of {report['evaluated']} {report['split']} images misclassified"
+          + (", most confidently wrong first:" if report["files"] else "."))
+    table = [("FILE", "TRUE", "PREDICTED", "SCORE")]
+    table += [(row["file"], row["true"], row["predicted"], f"{row['score']:.3f}") for row in report["files"]]
+    widths = [max(len(line[i]) for line in table) for i in range(4)]
+    for line in table if report["files"] else []:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    if not Path(args.image).is_file():
+        raise ZooError(f"No such image file: {args.image}")
+    output = Path(args.output) if args.output else Path.cwd() / f"{Path(args.image).stem}.gradcam.png"
+    if output.suffix.lower() != ".png":
+        raise ZooError(f"{output}: the overlay is a PNG; give a name ending in .png")
+    if not output.parent.is_dir():
+        raise ZooError(f"{output.parent} is not a folder; create it first.")
+    from zoo.predict import ModelCache, explain  # torch: only once the arguments make sense
+
+    shown = explain(args.name, args.image, args.target, text=args.text, zoo=args.zoo,
+                    cache=ModelCache(1, device=args.device))
+    shown.overlay.save(output)
+    if args.json:
+        print(json.dumps({"image": args.image, "label": shown.label, "score": shown.score,
+                          "top_label": shown.top_label, "top_score": shown.top_score, "layer": shown.layer,
+                          "crop_box": shown.crop_box, "output": str(output)}))
+    else:
+        print(f"{args.image}: {shown.label} {shown.score:.3f} (top: {shown.top_label} {shown.top_score:.3f}); "
+              f"Grad-CAM on {shown.layer}, over the centre crop the model sees -> {output}")
+    return 0
+
+
 def _rename(args: argparse.Namespace) -> int:
     from zoo.catalog import rename_model
 
@@ -225,6 +282,13 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.format == "onnx":
+        from zoo.onnx_export import export_onnx
+
+        done = export_onnx(args.name, zoo=args.zoo, output=args.output)
+        print(f"{done.path} ({_size(done.size_bytes)}, inputs {', '.join(done.inputs)}; onnxruntime matches PyTorch "
+              f"within {done.max_difference:.1g} on probabilities)")
+        return 0
     from zoo.archives import export_model
 
     print(export_model(args.name, zoo=args.zoo, output=args.output))
@@ -285,7 +349,7 @@ def _size(size: int | None) -> str:
 
 
 COMMANDS = {
-    "list": _list, "show": _show, "predict": _predict, "rename": _rename, "remove": _remove,
+    "list": _list, "show": _show, "predict": _predict, "explain": _explain, "rename": _rename, "remove": _remove,
     "restore": _restore, "export": _export, "import": _import, "push": _push, "pull": _pull,
     "hub-list": _hub_list,
 }

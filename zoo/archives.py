@@ -1,6 +1,7 @@
 """Moving one model as files: a zip (export, import), or a folder to upload or one just downloaded.
 
     export_model(name, output=...)     <name>/config.json, model.safetensors, README.md, transfer.json
+    export_onnx(name, output=...)      one .onnx file for onnxruntime, checked (zoo.onnx_export)
     import_model(zip)                  the reverse, through the same gate as a Hub pull
     snapshot_model(name, folder)       one consistent version of a model's files (push, export)
     install_folder(folder, target)     check a folder of model files and publish it atomically
@@ -15,13 +16,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 import zipfile
 from pathlib import Path
 
 from zoo import ZooError
 from zoo.catalog import load_model, read_entry
-from zoo.files import fsync, publish, safetensors_header, staging_folder, write_text
+from zoo.files import fsync, new_file, publish, safetensors_header, staging_folder, write_text, written_aside
 from zoo.spec import ModelSpec
 from zoo.store import (
     MAX_JSON_BYTES,
@@ -38,36 +38,28 @@ from zoo.store import (
 )
 
 
+def export_onnx(name: str, **options):
+    """Model `name` as a checked `.onnx` file, beside the zip export: `zoo.onnx_export.export_onnx`
+    (see there for the options and what is checked)."""
+    from zoo.onnx_export import export_onnx as export  # torch, onnx and onnxruntime: only when exporting
+
+    return export(name, **options)
+
+
 def export_model(name: str, *, zoo: str | Path | None = None, output: str | Path | None = None) -> Path:
     """Write model `name` as one zip (`<name>/config.json`, ...; see `import_model`). Returns the zip.
 
     output: the zip's path (default `<name>.zip` in the current folder); an existing file is
     never replaced."""
     validate_name(name)
-    output = Path(output).expanduser() if output else Path.cwd() / f"{name}.zip"
-    if output.suffix.lower() != ".zip":
-        raise ZooError(f"{output}: the export is a zip file; give a name ending in .zip")
-    if output.exists():
-        raise ZooError(f"{output} already exists; choose another --output or delete it first.")
-    if not output.parent.is_dir():
-        raise ZooError(f"{output.parent} is not a folder; create it first.")
+    output = new_file(output, Path.cwd() / f"{name}.zip", ".zip")
     root = ensure_zoo(zoo)
     with staging_folder(root, f"export-{name}") as snapshot:
         snapshot_model(name, snapshot, zoo=zoo)
-        partial = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.partial")
-        try:
-            with zipfile.ZipFile(partial, "w") as archive:
-                for file in MODEL_FILES:
-                    compression = zipfile.ZIP_STORED if file.endswith(".safetensors") else zipfile.ZIP_DEFLATED
-                    archive.write(snapshot / file, f"{name}/{file}", compress_type=compression)
-            fsync(partial)
-            os.link(partial, output)  # refuses (EEXIST) rather than replace a file made meanwhile
-        except FileExistsError:
-            raise ZooError(f"{output} already exists; choose another --output or delete it first.") from None
-        except OSError as error:
-            raise ZooError(f"Cannot write {output}: {error.strerror or error}") from None
-        finally:
-            partial.unlink(missing_ok=True)
+        with written_aside(output) as partial, zipfile.ZipFile(partial, "w") as archive:
+            for file in MODEL_FILES:
+                compression = zipfile.ZIP_STORED if file.endswith(".safetensors") else zipfile.ZIP_DEFLATED
+                archive.write(snapshot / file, f"{name}/{file}", compress_type=compression)
     return output
 
 

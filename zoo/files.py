@@ -75,6 +75,39 @@ def folder_size(path: Path) -> int:
     return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
 
 
+# --- a new file for the user (exports) -------------------------------------------------------------
+
+
+def new_file(output: str | Path | None, default: Path, suffix: str) -> Path:
+    """Where an export goes: `output` (or `default`), refused unless it ends in `suffix`, does not
+    exist yet and lies in an existing folder."""
+    output = Path(output).expanduser() if output else default
+    if output.suffix.lower() != suffix:
+        raise ZooError(f"{output}: give a file name ending in {suffix}")
+    if output.exists():
+        raise ZooError(f"{output} already exists; choose another --output or delete it first.")
+    if not output.parent.is_dir():
+        raise ZooError(f"{output.parent} is not a folder; create it first.")
+    return output
+
+
+@contextlib.contextmanager
+def written_aside(output: Path) -> Iterator[Path]:
+    """A hidden file beside `output` for the block to write; when the block ends well it is flushed
+    and linked to `output` (never replacing a file made meanwhile); it is removed in any case."""
+    partial = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        yield partial
+        fsync(partial)
+        os.link(partial, output)  # refuses (EEXIST) rather than replace a file made meanwhile
+    except FileExistsError:
+        raise ZooError(f"{output} already exists; choose another --output or delete it first.") from None
+    except OSError as error:
+        raise ZooError(f"Cannot write {output}: {error.strerror or error}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 # --- a folder built aside, then published in one step --------------------------------------------------
 
 
