@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from transfer import DataError
+from transfer.balance import choose_balance, train_counts
 from transfer.data import load_dataset
 from transfer.loading import scan_images
 
@@ -135,5 +136,7 @@ def test_imbalance_is_warned_and_weighted(tmp_path):
     root = make_folder(tmp_path / "d", {"common": 30, "rare": 5})
     data = load_dataset(root)
     assert any("imbalanced" in w for w in data.warnings)
-    weights = data.class_weights()
+    balance = choose_balance(train_counts(data), "auto")
+    assert balance.method == "weights" and balance.minority == ("rare",)
+    weights = balance.class_weights([sample.label for sample in data.train], 2)
     assert weights[1] > 4 * weights[0]

@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--text-encoder", metavar="minilm|hashing|NAME|none",
                      help="for data with a metadata.jsonl/csv of texts: minilm (default, bundled), hashing, "
                           "a sentence-transformers model name (online), or none to ignore the texts")
+    fit.add_argument("--target-domain", metavar="DIR_OR_ZIP",
+                     help="images from where the model will be used (no labels needed; class folders, if any, "
+                          "only measure the target accuracy): the fit adapts to them when they look different")
+    fit.add_argument("--adaptation", default="auto", choices=("auto", "on", "off"),
+                     help="with --target-domain: auto (adapt when the measured shift is large), on, or off")
+    fit.add_argument("--balance", default="auto", choices=("auto", "weights", "resample", "none"),
+                     help="lopsided classes: auto (by the imbalance ratio), class weights, resampling, or none")
     _output_options(fit)
 
     advise = commands.add_parser("advise", help="say which strategy suits the data, and why (trains nothing)")
@@ -125,7 +132,7 @@ def _fit(args: argparse.Namespace) -> int:
         epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
         max_seconds=args.max_seconds, overwrite=args.overwrite, seed=args.seed,
         text_encoder=args.text_encoder, progress=bar, device=args.device, precision=args.precision,
-        workers=args.workers))
+        workers=args.workers, target_domain=args.target_domain, adaptation=args.adaptation, balance=args.balance))
     if not main_process():  # several processes: the main one reports
         return 0
     for file, reason in result.skipped:
@@ -140,8 +147,20 @@ def _fit(args: argparse.Namespace) -> int:
           f"{result.num_train} train / {result.num_val} val images")
     if result.advice:
         print(f"  auto chose {result.strategy}: {' '.join(result.advice['reasons'])}")
-    print(f"  {result.metrics_split} accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} "
-          f"in {result.train_seconds:.1f} s")
+    minority = (result.balance or {}).get("minority") or []
+    if minority:  # lopsided classes: macro-F1 and the minority's recall say more than accuracy
+        recall = ", ".join(f"{label} {m['per_class'][label]['recall']:.2f}" for label in minority[:8])
+        print(f"  {result.metrics_split} macro-F1 {m['macro_f1']:.3f}; recall of the smallest classes: {recall}; "
+              f"accuracy {m['accuracy']:.3f} in {result.train_seconds:.1f} s")
+    else:
+        print(f"  {result.metrics_split} accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} "
+              f"in {result.train_seconds:.1f} s")
+    for note in result.notes if not result.advice else []:  # (auto's reasons carry them already)
+        print(f"  {note}")
+    scores = (result.adaptation or {}).get("target_accuracy")
+    if scores:
+        print("  target-domain accuracy: " + ", ".join(f"{key} {value:.3f}" for key, value in scores.items()
+                                                       if value is not None))
     print(f"  saved to {result.path}")
     zoo_option = f" --zoo {args.zoo}" if args.zoo else ""
     print(f"next: python -m zoo{zoo_option} predict {result.name} IMAGE.jpg   "

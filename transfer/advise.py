@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from transfer.balance import choose_balance, train_counts
 from transfer.data import Dataset, load_dataset
 from transfer.engine import Engine, make_engine
 from transfer.decide import (
@@ -146,6 +147,9 @@ def advise(
     choice = choose_strategy(measured.size, measured.similarity, estimates, budget_seconds)
     advice = advice_from(measured, choice, estimates, budget_seconds=budget_seconds, backbone=backbone,
                          image_size=image_size, median_side=dataset.median_side, started=started)
+    imbalance = choose_balance(train_counts(dataset)).sentence()  # (a fit adds it to auto's reasons itself)
+    if imbalance:
+        advice.reasons.append(imbalance)
     log.debug("auto: %s. %s", advice.strategy, advice.explanation)
     run.report(Progress("advice", 1, 1, message=f"auto chose {advice.strategy}: {advice.explanation}"))
     return advice

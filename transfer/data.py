@@ -93,12 +93,6 @@ class Dataset:
                 counts[label][split] = tally.get(index, 0)
         return counts
 
-    def class_weights(self) -> list[float]:
-        """Inverse-frequency weights over the training split, mean 1: imbalanced classes count equally."""
-        tally = Counter(sample.label for sample in self.train)
-        total, k = len(self.train), len(self.classes)
-        return [total / (k * tally[i]) if tally[i] else 0.0 for i in range(k)]
-
     def read_file(self, relpath: str) -> bytes:
         """One file of the dataset (path relative to the zip/folder root), within the limits."""
         budget = ReadBudget(self.limits)
@@ -170,7 +164,7 @@ def load_dataset(
             skipped.append((path, reason))
         else:
             files.append(path)
-    prefix = _wrapping_prefix(files)
+    prefix = wrapping_prefix(files)
     files = [path[len(prefix):] for path in files]
     skipped = [(path[len(prefix):] if path.startswith(prefix) else path, why) for path, why in skipped]
     folders = [path[len(prefix):] for path in folders if path.startswith(prefix) and len(path) > len(prefix)]
@@ -198,7 +192,7 @@ def drop_failed(dataset: Dataset, errors: dict[str, str]) -> None:
 # --- scanning ----------------------------------------------------------------------------------------
 
 
-def _wrapping_prefix(files: list[str]) -> str:
+def wrapping_prefix(files: list[str]) -> str:
     """The folders that wrap the whole dataset ("photos/" in photos/cat/1.jpg), to strip."""
     prefix = ""
     while files:
@@ -333,7 +327,7 @@ def _validate(dataset: Dataset) -> None:
         rare = [dataset.classes[i] for i, n in train_counts.items() if n == smallest]
         dataset.warnings.append(
             f"classes are imbalanced ({largest} vs {smallest} training images, smallest: {', '.join(rare)}); "
-            "the loss weights classes to compensate"
+            "the fit balances them (--balance auto: class weights, or resampling from 10:1)"
         )
 
 

@@ -75,6 +75,20 @@ def cached_features(dataset: Dataset, model, weights: Weights, spec: ModelSpec, 
     Images that fail to decode are reported and dropped from their split.
     """
     samples = dataset.train + dataset.val + dataset.test
+    features, failed, hashes, key = features_of(dataset, samples, model, weights, spec, batch_size, zoo, run, scan)
+    drop_failed(dataset, {s.relpath: failed[h] for s, h in zip(samples, hashes) if h in failed})
+    per_split, labels, row = {}, {}, 0
+    for split, members in dataset.splits().items():
+        per_split[split] = features.select(list(range(row, row + len(members))))
+        labels[split] = [sample.label for sample in members]
+        row += len(members)
+    return per_split, labels, key
+
+
+def features_of(dataset: Dataset, samples, model, weights: Weights, spec: ModelSpec, batch_size, zoo, run: Run,
+                scan: Scan | None = None) -> tuple[Features, dict[str, str], list[str], str]:
+    """(features of the `samples` that decode, {hash: reason} of those that do not, every sample's
+    content hash, cache key): from the cache, or from one pass that fills it (see `cached_features`)."""
     hashes = scan.hashes if scan else scan_images(dataset, samples, shorter_side=spec.resized_side, decode=False,
                                                   engine=run.engine, should_stop=run.should_stop).hashes
     key = cache_key(weights.fingerprint, spec, hashes)
@@ -88,13 +102,7 @@ def cached_features(dataset: Dataset, model, weights: Weights, spec: ModelSpec, 
     else:
         log.info("features of %d images from the cache (%s)", len(features.final), key[:8])
         run.report(Progress("features", len(samples), len(samples), message="features from the cache"))
-    drop_failed(dataset, {s.relpath: failed[h] for s, h in zip(samples, hashes) if h in failed})
-    per_split, labels, row = {}, {}, 0
-    for split, members in dataset.splits().items():
-        per_split[split] = features.select(list(range(row, row + len(members))))
-        labels[split] = [sample.label for sample in members]
-        row += len(members)
-    return per_split, labels, key
+    return features, failed, hashes, key
 
 
 def feature_pass(dataset, samples, model, spec, batch_size, run: Run, *, hashes: list[str] | None = None,

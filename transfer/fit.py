@@ -24,6 +24,7 @@ import torch
 from accelerate.utils import set_seed
 
 from transfer import DataError
+from transfer.balance import choose_balance, train_counts
 from transfer.data import Dataset, load_dataset
 from transfer.engine import make_engine
 from transfer.errors import error_report
@@ -32,13 +33,14 @@ from transfer.metrics import classification_metrics
 from transfer.outcome import Fitted
 from transfer.progress import Progress, ProgressCallback, Run
 from transfer.strategies import Strategy, get_strategy, image_size_for
+from transfer.target import plan_adaptation
 from transfer.trainable import fit_network
 from zoo import zoo_dir
-from zoo.catalog import resolve_weights
+from zoo.catalog import lineage_info, parent_of, resolve_weights
 from zoo.model import ModelSpec, count_parameters, text_settings
 from zoo.store import save_model, validate_name
 from zoo.text import DEFAULT_ENCODER as DEFAULT_TEXT_ENCODER
-from zoo.weights import DEFAULT_BACKBONE, Weights, package_version, random_weights
+from zoo.weights import DEFAULT_BACKBONE, Weights, create_backbone, package_version, random_weights
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,10 @@ class FitResult:
     advice: dict[str, Any] | None = None  # strategy="auto": what was tried, chosen and why (transfer.auto)
     val_accuracy: float | None = None  # on the validation split (what auto and early stopping judge by)
     errors: dict[str, Any] | None = None  # the misclassified images of metrics_split (transfer.errors)
+    balance: dict[str, Any] | None = None  # how lopsided classes were handled (transfer.balance)
+    adaptation: dict[str, Any] | None = None  # the target domain and what adapting to it changed
+    parent: dict[str, Any] | None = None  # the zoo model this one continues (backbone zoo:NAME)
+    notes: list[str] = field(default_factory=list)  # plain sentences on balance and adaptation
     model: torch.nn.Module | None = field(default=None, repr=False, compare=False)  # as saved
 
     def to_json(self) -> dict[str, Any]:
@@ -98,6 +104,9 @@ def fit(
     device: str = "auto",
     precision: str = "auto",
     workers: int | None = None,
+    target_domain: str | Path | None = None,
+    adaptation: str = "auto",
+    balance: str = "auto",
 ) -> FitResult:
     """Fine-tune `backbone` on `data` under `strategy` and save the model in the zoo.
 
@@ -119,6 +128,12 @@ def fit(
         "auto" (bf16/fp16 autocast on a GPU, fp32 elsewhere), "bf16", "fp16" or "fp32"; workers: data
         loader processes (default: the spare cores). Launched by `accelerate launch` or `torchrun`,
         every process runs this same call (see `transfer.engine`); only the main one saves.
+    target_domain: a folder or zip of images from where the model will be used (no labels needed;
+        class folders, if any, only measure the target accuracy); adaptation: "auto" (adapt when
+        the measured shift is large), "on" or "off" (`transfer.adapt`, `transfer.target`).
+    balance: "auto", "weights", "resample" or "none" for lopsided classes (`transfer.balance`).
+    backbone "zoo:NAME" continues a zoo model: its weights, its head when the classes are the same,
+    and the lineage recorded in transfer.json and the card.
     The model is saved in float32, from the CPU, whatever trained it.
     """
     started = time.monotonic()
@@ -132,6 +147,14 @@ def fit(
               deadline=started + max_seconds if max_seconds else None, engine=engine)
     dataset = data if isinstance(data, Dataset) else load_dataset(data, val_fraction=val_fraction, seed=seed)
     encoder = _text_encoder_for(dataset, text_encoder)
+    balancing = choose_balance(train_counts(dataset), balance)
+    parent = parent_of(backbone, zoo=zoo)
+    adapting = None
+    if target_domain is not None:
+        pretrained = resolve_weights(backbone, zoo=zoo)
+        adapting = plan_adaptation(dataset, target_domain, adaptation,
+                                   pretrained, image_size_for("feature-extractor", image_size,
+                                                              pretrained.native_size, dataset.median_side), run)
 
     def train(strategy_name: str, warm_head: torch.nn.Linear | None = None, epochs: int | None = epochs) -> Fitted:
         """One strategy on `dataset` with this fit's settings (auto's frozen stages: epochs=None, so
@@ -144,11 +167,21 @@ def fit(
             spec.text = text_settings(encoder)
         set_seed(seed)  # Python's random (timm's RandomResizedCrop draws from it), numpy and torch: the same run
         run.report(Progress("start", 0, 1, message=f"{plan.name} on {len(dataset.train)} training images"))
+        target = adapting.target if adapting else None
+        adapt = bool(adapting and adapting.adapt)
         if plan.trains_backbone:
+            warm_head = warm_head or parent_head(parent, weights, dataset.classes, plan)
             model, spec, outcome = fit_network(dataset, weights, spec, plan, epochs, batch_size, zoo, run,
-                                               warm_head=warm_head, seed=seed)
+                                               warm_head=warm_head, seed=seed, target=target, adapt=adapt,
+                                               balance=balancing)
+            if adapt and adapting.labelled:  # the same training without adaptation, to measure the difference
+                set_seed(seed)
+                twin = fit_network(dataset, weights, spec, plan, epochs, batch_size, zoo, run, warm_head=warm_head,
+                                   seed=seed, target=target, adapt=False, balance=balancing)[2]
+                outcome.logits["target_unadapted"] = twin.logits["target"]
         else:
-            model, spec, outcome = fit_frozen(dataset, weights, spec, plan, epochs, batch_size, zoo, run)
+            model, spec, outcome = fit_frozen(dataset, weights, spec, plan, epochs, batch_size, zoo, run,
+                                              balance=balancing, target=target, adapt=adapt)
         return Fitted(plan, weights, model, spec, outcome, seconds=time.monotonic() - begun)
 
     advice = None
@@ -162,6 +195,9 @@ def fit(
     else:
         fitted = train(plan.name)
     plan, weights, spec, outcome = fitted.plan, fitted.weights, fitted.spec, fitted.outcome
+    notes = [sentence for sentence in (balancing.sentence(), adapting.sentence() if adapting else "") if sentence]
+    if advice is not None:
+        advice["reasons"] = [*advice["reasons"], *notes]
     model = fitted.model.cpu().float()  # saved and handed back in float32 on the CPU, whatever trained it
 
     # metrics on the held-out test split when there is one, else on validation
@@ -191,6 +227,9 @@ def fit(
         "parameters": {"trainable": trainable, "total": total},
         "stopped_by_budget": run.budget_hit,
         "advice": advice,
+        "balance": balancing.to_json(),
+        "adaptation": adapting.report(plan.trains_backbone, outcome.logits, outcome.labels) if adapting else None,
+        **lineage_info(parent),
         "settings": {"image_size": spec.image_size, "epochs": outcome.epochs, "batch_size": batch_size,
                      "max_seconds": max_seconds, "seed": seed, "val_fraction": val_fraction,
                      **engine.describe()},  # device, precision, processes, workers, threads: results depend on them
@@ -212,7 +251,8 @@ def fit(
         skipped=list(dataset.skipped), warnings=list(dataset.warnings), trainable_parameters=trainable,
         total_parameters=total, image_size=spec.image_size, details=outcome.details,
         ablation=outcome.ablation, stopped_by_budget=run.budget_hit, advice=advice,
-        val_accuracy=round(val_metrics["accuracy"], 4), errors=errors, model=model,
+        val_accuracy=round(val_metrics["accuracy"], 4), errors=errors, balance=info["balance"],
+        adaptation=info["adaptation"], parent=info.get("parent"), notes=notes, model=model,
     )
 
 
@@ -241,6 +281,14 @@ def weights_for(plan: Strategy, backbone: str, zoo) -> Weights:
     if backbone.startswith(("zoo:", "hf-hub:")) or "@" in backbone or backbone.endswith(".safetensors"):
         return random_weights(resolve_weights(backbone, zoo=zoo).architecture)
     return random_weights(backbone)
+
+
+def parent_head(parent: dict[str, Any] | None, weights: Weights, classes: list[str], plan: Strategy):
+    """A continued zoo model's own head, when the new data has exactly its classes (fine-tune then
+    starts from it instead of warming a new one up); else None."""
+    if parent is None or not plan.head_warmup or tuple(weights.label_names) != tuple(classes):
+        return None
+    return create_backbone(weights).get_classifier()  # the checkpoint's classifier, as trained
 
 
 def _default_name(dataset: Dataset, plan: Strategy) -> str:

@@ -66,8 +66,12 @@ def train_linear_head(
     config: HeadConfig | None = None,
     run: Run | None = None,
     stage: str = "head",
+    sample_weights: torch.Tensor | None = None,
 ) -> tuple[torch.nn.Linear, list[dict[str, Any]]]:
-    """Train Linear(features -> classes); returns it (standardisation folded in) and the history."""
+    """Train Linear(features -> classes); returns it (standardisation folded in) and the history.
+
+    class_weights weigh the loss per class; sample_weights draw each epoch's rows with replacement
+    in proportion to them (class-balanced resampling)."""
     config = config or HeadConfig()
     # standardise with training statistics; a floor relative to the typical variance, so a feature
     # (nearly) constant on the training images is not blown up into huge values on new ones
@@ -85,7 +89,8 @@ def train_linear_head(
                                label_smoothing=config.label_smoothing)
 
     history = train_on_features(head, list(head.parameters()), num_train=len(train_z), batch_loss=batch_loss,
-                                val_logits=lambda: head(val_z), val_y=val_y, config=config, run=run, stage=stage)
+                                val_logits=lambda: head(val_z), val_y=val_y, config=config, run=run, stage=stage,
+                                sample_weights=sample_weights)
     return _fold_standardisation(head, mean, std), history
 
 
@@ -102,6 +107,7 @@ def train_fusion_head(
     config: HeadConfig | None = None,
     run: Run | None = None,
     stage: str = "head",
+    sample_weights: torch.Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """Train an ImageTextClassifier's fusion layers (and hashing text encoder) on cached image features.
 
@@ -122,7 +128,8 @@ def train_fusion_head(
         return model.fuse(val_features, model.encode_text(val_text), everyone, val_text.present)
 
     history = train_on_features(model, parameters, num_train=len(train_y), batch_loss=batch_loss,
-                                val_logits=val_logits, val_y=val_y, config=config, run=run, stage=stage)
+                                val_logits=val_logits, val_y=val_y, config=config, run=run, stage=stage,
+                                sample_weights=sample_weights)
     model.eval()
     return history
 
@@ -138,6 +145,7 @@ def train_on_features(
     config: HeadConfig,
     run: Run | None = None,
     stage: str = "head",
+    sample_weights: torch.Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """The loop both heads share: `parameters` (of `module`) learn from `batch_loss(rows, generator)`;
     the best epoch's values are restored at the end. Returns the per-epoch history."""
@@ -153,7 +161,8 @@ def train_on_features(
     for epoch in range(config.max_epochs):
         # train
         module.train()
-        order = torch.randperm(num_train, generator=generator)
+        order = (torch.randperm(num_train, generator=generator) if sample_weights is None else
+                 torch.multinomial(sample_weights, num_train, replacement=True, generator=generator))
         total_loss = 0.0
         for start in range(0, num_train, config.batch_size):
             batch = order[start:start + config.batch_size]

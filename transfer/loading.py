@@ -34,6 +34,7 @@ from transfer.uploads import ReadBudget, UnreadableEntry, size_text
 from zoo.images import ImageError, open_image
 
 MEMORY_BUDGET_MB = int(os.environ.get("TRANSFER_MEMORY_MB", 1024))  # decoded images kept in memory, at most
+BROKEN = -100  # the label of an image that could not be read during the fit
 SCAN_THREADS = max(1, min(4, os.cpu_count() or 1))  # decoding threads of the scan
 SCAN_WINDOW = 8 * SCAN_THREADS  # files read ahead of the decoding threads
 
@@ -68,7 +69,8 @@ class SampleReader:
 class ImageFiles(torch.utils.data.Dataset):
     """`samples` as (image tensor, label, row) for a DataLoader: `transform(PIL image)` of each image,
     decoded at `shorter_side` (or taken from `images`, the decoded images kept by the scan). A file
-    that no longer decodes gives label -1; `check_batch` names it."""
+    that no longer decodes gives the label BROKEN; `check_batch` names it. (Unlabelled images, the
+    target domain's, have the label -1.)"""
 
     def __init__(self, dataset: Dataset, samples: Sequence[Sample], *, shorter_side: int,
                  transform: Callable[[Image.Image], torch.Tensor], images: Sequence[Image.Image] | None = None,
@@ -93,13 +95,13 @@ class ImageFiles(torch.utils.data.Dataset):
         try:
             image = self.images[row] if self.images is not None else self.decode(row)
         except (ImageError, DataError, OSError):  # reported by check_batch, in the training process
-            return torch.zeros(3, 1, 1, dtype=torch.uint8), -1, row
+            return torch.zeros(3, 1, 1, dtype=torch.uint8), BROKEN, row
         return self.transform(image), self.samples[row].label, row
 
     def check_batch(self, labels: torch.Tensor, rows: torch.Tensor) -> None:
         """`DataError` naming the first image of a batch that could not be read (it decoded at the scan:
         the file changed or went away during the fit)."""
-        broken = (labels < 0).nonzero().flatten()
+        broken = (labels == BROKEN).nonzero().flatten()
         if len(broken):
             row = int(rows[broken[0]])
             try:
@@ -112,27 +114,34 @@ class ImageFiles(torch.utils.data.Dataset):
 
 
 def collate_images(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stack a batch; a broken item (label -1, see `ImageFiles`) is padded to the others' shape."""
-    shape = next((image.shape for image, label, _ in items if label >= 0), items[0][0].shape)
+    """Stack a batch; a broken item (label BROKEN, see `ImageFiles`) is padded to the others' shape."""
+    shape = next((image.shape for image, label, _ in items if label != BROKEN), items[0][0].shape)
     images = [image if image.shape == shape else torch.zeros(shape, dtype=image.dtype) for image, _, _ in items]
     return (torch.stack(images), torch.tensor([label for _, label, _ in items]),
             torch.tensor([row for _, _, row in items]))
 
 
 def loader(files: ImageFiles, *, batch_size: int, engine, shuffle: bool = False, seed: int = 0,
-           drop_last: bool = False) -> torch.utils.data.DataLoader:
+           drop_last: bool = False, sample_weights: torch.Tensor | None = None) -> torch.utils.data.DataLoader:
     """A DataLoader over `files` (pinned memory on CUDA), sharded between processes when there are
-    several. Seeded: the same seed gives the same batches and augmentation.
+    several. Seeded: the same seed gives the same batches and augmentation. sample_weights: each
+    epoch draws len(files) images with replacement in proportion to them (instead of shuffling).
 
     Images in memory are cropped and augmented in this process (passing them to other processes
     costs more than that). Images read from disk are read and decoded by the engine's workers,
     started from a clean process (`forkserver`): a forked copy of a server (the app) would hold its
     sockets and keep every connection open."""
     workers = 0 if files.images is not None else engine.workers
+    generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if sample_weights is not None:
+        sampler = torch.utils.data.WeightedRandomSampler(sample_weights, len(files), replacement=True,
+                                                         generator=generator)
     data = torch.utils.data.DataLoader(
-        files, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=workers,
+        files, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler, drop_last=drop_last,
+        num_workers=workers,
         pin_memory=engine.pin_memory, persistent_workers=workers > 0, collate_fn=collate_images,
-        generator=torch.Generator().manual_seed(seed), prefetch_factor=4 if workers else None,
+        generator=generator, prefetch_factor=4 if workers else None,
         multiprocessing_context=_worker_context() if workers else None,
     )
     return engine.prepare_loader(data)

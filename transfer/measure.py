@@ -218,20 +218,43 @@ class BatchNormStatistics:
 
         return record
 
-    def feature_shift(self) -> float | None:
-        """Mean over layers of the median over channels of KL(data || pretraining), as Gaussians."""
+    def moments(self, index: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, variance) per channel of layer `index`'s input, as recorded."""
+        count, total, squares = self.sums[index]
+        mean = total / count
+        return mean, (squares / count - mean * mean).clamp_min(eps)
+
+    def feature_shift(self, reference: "BatchNormStatistics | None" = None) -> float | None:
+        """Mean over layers of the median over channels of KL(data || reference), as Gaussians; the
+        reference is the pretraining data (the layers' running statistics), or another recording."""
         per_layer = []
         for index, layer in enumerate(self.layers):
-            if index not in self.sums:
+            if index not in self.sums or (reference is not None and index not in reference.sums):
                 continue
-            count, total, squares = self.sums[index]
-            mean = total / count
-            variance = (squares / count - mean * mean).clamp_min(layer.eps)
-            running_mean, running_var = layer.running_mean.double(), layer.running_var.double() + layer.eps
-            divergence = 0.5 * (torch.log(running_var / variance)
-                                + (variance + (mean - running_mean) ** 2) / running_var - 1)
+            mean, variance = self.moments(index, layer.eps)
+            if reference is None:
+                base_mean, base_var = layer.running_mean.double(), layer.running_var.double() + layer.eps
+            else:
+                base_mean, base_var = reference.moments(index, layer.eps)
+            divergence = 0.5 * (torch.log(base_var / variance) + (variance + (mean - base_mean) ** 2) / base_var - 1)
             per_layer.append(divergence.median().item())
         return sum(per_layer) / len(per_layer) if per_layer else None
+
+
+def domain_shift(source: Dataset, source_samples, target: Dataset, target_samples, weights: Weights, image_size: int,
+                 *, batch_size: int = 32, run: Run | None = None) -> float | None:
+    """The feature shift from the source images to the target images (`BatchNormStatistics`, the
+    target's statistics against the source's), on up to SHIFT_RECHECK_IMAGES of each."""
+    run = run or Run()
+    model = create_backbone(weights).eval().to(memory_format=torch.channels_last)
+    spec = ModelSpec.for_weights(weights, source.classes, image_size=image_size)
+    recorded = []
+    for dataset, samples in ((source, source_samples), (target, target_samples)):
+        chosen = random.Random(0).sample(list(samples), min(len(samples), SHIFT_RECHECK_IMAGES))
+        with BatchNormStatistics(model) as recorder:
+            feature_pass(dataset, chosen, model, spec, batch_size, run)
+        recorded.append(recorder)
+    return rounded(recorded[1].feature_shift(reference=recorded[0]))
 
 
 def pass_measurements(recorder: BatchNormStatistics, seconds: float, image_size: int,

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from transfer.adapt import DomainAdversarial, adaptation_loss, dann_coefficient
 from transfer.heads import drop_modalities
 from transfer.loading import ImageFiles, loader
 from transfer.progress import Progress, Run
@@ -56,6 +57,7 @@ class NetworkConfig:
 
 
 EVAL_BATCH = 64  # images per evaluation batch
+EXTRA_LR_SCALE = 10.0  # the domain discriminator learns this much faster than the head (it starts from nothing)
 REPORT_SECONDS = 0.25  # per-batch progress at most this often (reading the loss syncs a GPU)
 
 
@@ -82,12 +84,17 @@ def train_network(
     train_text=None,
     val_text=None,
     seed: int = 0,
+    target_files: ImageFiles | None = None,
+    sample_weights: torch.Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """Train every trainable parameter of `model` in place; the best epoch's weights are restored.
 
     train_files' transform is set to timm's training augmentation; val_files' is left as given (a
     centre crop). train_text / val_text: `zoo.text.TextInputs` aligned with the files' rows, for
-    image+text models (trained with modality dropout)."""
+    image+text models (trained with modality dropout). target_files: unlabelled images of the target
+    domain, for domain-adversarial training (`transfer.adapt`: a discriminator behind gradient
+    reversal reads the pooled features of source and target batches alike). sample_weights: draw
+    each epoch's images with replacement in proportion to them (class-balanced resampling)."""
     run = run or Run()
     engine = run.engine
     # setup
@@ -97,16 +104,27 @@ def train_network(
              f", {engine.world_size} processes" if engine.distributed else "")
     model.to(engine.device, memory_format=torch.channels_last)
     train_files.transform = training_transform(spec, config)
-    train_loader = loader(train_files, batch_size=config.batch_size, engine=engine, shuffle=True, seed=seed)
+    train_loader = loader(train_files, batch_size=config.batch_size, engine=engine, shuffle=True, seed=seed,
+                          sample_weights=sample_weights)
     val_loader = loader(val_files, batch_size=EVAL_BATCH, engine=engine)
     steps_per_epoch = max(1, len(train_loader))
-    optimizer, scheduler = make_optimizer(model, config, steps_per_epoch)
-    network = engine.prepare_model(model)  # DistributedDataParallel with several processes
+    adversarial = DomainAdversarial(model).to(engine.device) if target_files is not None else None
+    optimizer, scheduler = make_optimizer(model, config, steps_per_epoch,
+                                          extra=adversarial.discriminator if adversarial is not None else None)
+    network = engine.prepare_model(adversarial or model)  # DistributedDataParallel with several processes
+    target_batches = None
+    if adversarial is not None:
+        target_files.transform = train_files.transform
+        target_batches = _forever(loader(target_files, batch_size=config.batch_size, engine=engine, shuffle=True,
+                                         seed=seed + 1))
     scaler = engine.grad_scaler()
     weights = engine.to_device(torch.as_tensor(class_weights, dtype=torch.float32)) if class_weights is not None else None
     generator = torch.Generator().manual_seed(seed)
     step, total_steps, started = 0, steps_per_epoch * config.epochs, time.monotonic()
-    # the starting point is a candidate too: training must not end worse than the warmed-up head
+    # the starting point is a candidate too: training must not end worse than the warmed-up head.
+    # Adapting to a target domain, only the second half's epochs are: the source's validation images
+    # cannot judge the target, and by then the adversary's weight is near full (dann_coefficient(0.5) = 0.99)
+    first_candidate = 0 if adversarial is None else math.ceil(config.epochs / 2)
     best, best_state, since_best, history = None, None, 0, []
 
     def evaluate_and_keep(epoch: int, train_loss: float | None, train_images_per_second: float | None = None) -> None:
@@ -118,9 +136,9 @@ def train_network(
                   "seconds": round(time.monotonic() - started, 2), "train_images_per_second": train_images_per_second}
         history.append(record)
         score = (val_accuracy, -val_loss)  # higher accuracy, then lower loss (the same on every process)
-        if best is None or score > best:
+        if epoch >= first_candidate and (best is None or score > best):
             best, best_state, since_best = score, copy.deepcopy(model.state_dict()), 0
-        else:
+        elif epoch >= first_candidate:
             since_best += 1
         run.report(Progress("epoch", epoch, config.epochs, epoch=epoch, metrics={
             k: v for k, v in record.items() if k in ("train_loss", "val_loss", "val_accuracy") and v is not None}))
@@ -142,13 +160,21 @@ def train_network(
             if len(labels) < 2:  # BatchNorm cannot train on a batch of one
                 continue
             inputs, targets = normalize(engine.to_device(images), spec), engine.to_device(labels)
+            domain_loss = 0.0
             with engine.autocast():
-                if train_text is None:
+                if adversarial is not None:  # source and target batches through one network
+                    target_inputs = normalize(engine.to_device(next(target_batches)), spec)
+                    logits, domains, features = network(torch.cat([inputs, target_inputs]),
+                                                        dann_coefficient(step / total_steps))
+                    logits = logits[:len(inputs)]
+                    domain_loss = adaptation_loss(domains.float(), features.float(), len(inputs))
+                elif train_text is None:
                     logits = network(inputs)
                 else:
                     image_present, text = drop_modalities(train_text.select(rows), generator)
                     logits = network(inputs, text, image_present=engine.to_device(image_present))
-            loss = F.cross_entropy(logits.float(), targets, weight=weights, label_smoothing=config.label_smoothing)
+            loss = F.cross_entropy(logits.float(), targets, weight=weights,
+                                   label_smoothing=config.label_smoothing) + domain_loss
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:  # fp16: scale the loss so small gradients do not vanish
                 scaler.scale(loss).backward()
@@ -181,11 +207,13 @@ def train_network(
     return history
 
 
-def make_optimizer(model: torch.nn.Module, config: NetworkConfig, steps_per_epoch: int):
+def make_optimizer(model: torch.nn.Module, config: NetworkConfig, steps_per_epoch: int,
+                   extra: torch.nn.Module | None = None):
     """AdamW over timm's layer-decay parameter groups, and timm's cosine schedule stepped per batch.
 
     The scheduler must be timm's: it is what multiplies each group's rate by its `lr_scale`
-    (a torch scheduler would silently train every layer at the head's rate).
+    (a torch scheduler would silently train every layer at the head's rate). extra: a module
+    trained beside the model at the head's rate (the domain discriminator).
     """
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
@@ -193,12 +221,26 @@ def make_optimizer(model: torch.nn.Module, config: NetworkConfig, steps_per_epoc
     group_fn = _fusion_layer_decay_groups(config) if config.layer_decay and hasattr(model, "fuse") else None
     optimizer = create_optimizer_v2(model, opt="adamw", lr=config.lr, weight_decay=config.weight_decay,
                                     layer_decay=config.layer_decay, param_group_fn=group_fn)
+    if extra is not None:
+        optimizer.add_param_group({"params": list(extra.parameters()), "lr": config.lr, "lr_scale": EXTRA_LR_SCALE,
+                                   "weight_decay": config.weight_decay})
     scheduler, _ = create_scheduler_v2(
         optimizer, sched="cosine", num_epochs=config.epochs, min_lr=config.lr * 0.01,
         warmup_epochs=math.ceil(config.warmup_epochs), warmup_lr=config.lr * 0.1,
         step_on_epochs=False, updates_per_epoch=steps_per_epoch,
     )
     return optimizer, scheduler
+
+
+def _forever(batches):
+    """The images of `batches`, epoch after epoch (the target domain's, beside the source's)."""
+    epoch = 0
+    while True:
+        if hasattr(batches, "set_epoch"):
+            batches.set_epoch(epoch)
+        for images, _labels, _rows in batches:
+            yield images
+        epoch += 1
 
 
 def _fusion_layer_decay_groups(config: NetworkConfig):

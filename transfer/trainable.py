@@ -10,12 +10,14 @@ images when they fit in memory), then streamed to the training loop by data load
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
 import torch
 
-from transfer.data import drop_failed
+from transfer.balance import Balance, choose_balance, train_counts
+from transfer.data import Dataset, drop_failed
 from transfer.feature_cache import cache_key
 from transfer.features import cached_features, split_texts
 from transfer.heads import HeadConfig, train_fusion_head, train_linear_head
@@ -36,11 +38,15 @@ from zoo.weights import create_backbone
 log = logging.getLogger(__name__)
 
 def fit_network(dataset, weights, spec, plan: Strategy, epochs, batch_size, zoo, run: Run,
-                warm_head: torch.nn.Linear | None = None, seed: int = 0) -> tuple[Any, Any, Outcome]:
+                warm_head: torch.nn.Linear | None = None, seed: int = 0, target: Dataset | None = None,
+                adapt: bool = False, balance: Balance | None = None) -> tuple[Any, Any, Outcome]:
     """(model, spec, outcome) of a trainable strategy.
 
     warm_head: a head already trained on this backbone's frozen final features (auto's
-    feature-extractor stage): phase 1 starts from it instead of training one (image-only models)."""
+    feature-extractor stage): phase 1 starts from it instead of training one (image-only models).
+    target: images of the target domain (`transfer.target`); adapt: train on them too
+    (`transfer.adapt`). A labelled target's logits come back as outcome.logits["target"].
+    balance: how lopsided classes are handled (`transfer.balance`; default: class weights)."""
     engine = run.engine
     samples = dataset.train + dataset.val + dataset.test
     scan = scan_images(dataset, samples, shorter_side=spec.resized_side, engine=engine, should_stop=run.should_stop,
@@ -55,6 +61,9 @@ def fit_network(dataset, weights, spec, plan: Strategy, epochs, batch_size, zoo,
         labels[split] = [sample.label for sample in members]
         row += len(members)
     log.info("%s images %s", row, "kept in memory" if scan.images is not None else "read from disk each epoch")
+    balance = balance or choose_balance(train_counts(dataset), "weights")
+    class_weights = balance.class_weights(labels["train"], spec.num_classes)
+    sample_weights = balance.sample_weights(labels["train"], spec.num_classes)
 
     backbone = create_backbone(weights, num_classes=spec.num_classes)
     model, text = backbone, None
@@ -75,7 +84,8 @@ def fit_network(dataset, weights, spec, plan: Strategy, epochs, batch_size, zoo,
         if text is None:
             head, warmup = train_linear_head(
                 features["train"].final, torch.tensor(labels["train"]), features["val"].final,
-                torch.tensor(labels["val"]), num_classes=spec.num_classes, class_weights=dataset.class_weights(),
+                torch.tensor(labels["val"]), num_classes=spec.num_classes, class_weights=class_weights,
+                sample_weights=sample_weights,
                 config=warmup_config, run=run, stage="warm-up",
             )
             model.get_classifier().load_state_dict(head.state_dict())
@@ -83,7 +93,8 @@ def fit_network(dataset, weights, spec, plan: Strategy, epochs, batch_size, zoo,
             warmup = train_fusion_head(
                 model, features["train"].final, text["train"], torch.tensor(labels["train"]),
                 features["val"].final, text["val"], torch.tensor(labels["val"]),
-                class_weights=dataset.class_weights(), config=warmup_config, run=run, stage="warm-up",
+                class_weights=class_weights, sample_weights=sample_weights, config=warmup_config, run=run,
+                stage="warm-up",
             )
         history += [{**record, "phase": "warm-up"} for record in warmup]
     # phase 2 (from-scratch: the only phase): every layer trains
@@ -93,9 +104,21 @@ def fit_network(dataset, weights, spec, plan: Strategy, epochs, batch_size, zoo,
     config = NetworkConfig(epochs=config_epochs, batch_size=batch_size, lr=plan.lr,
                            layer_decay=plan.layer_decay, warmup_epochs=plan.warmup_epochs,
                            freeze_bn_stats=plan.freeze_bn_stats, patience=plan.patience or config_epochs)
+    if adapt:  # every layer adapts at the head's rate, and every epoch runs (see transfer.adapt)
+        config = replace(config, layer_decay=None, patience=config_epochs)
+    if target is not None:
+        target_scan = scan_images(target, target.train, shorter_side=spec.resized_side, engine=engine,
+                                  should_stop=run.should_stop)
+        files["target"] = ImageFiles(target, [sample for row, sample in enumerate(target.train)
+                                              if row not in target_scan.failed],
+                                     shorter_side=spec.resized_side, transform=partial(center_crop_uint8, spec=spec),
+                                     images=target_scan.without(target_scan.failed).images)
+        labels["target"] = [sample.label for sample in files["target"].samples]
     history += [{**record, "phase": "train"} for record in train_network(
-        model, files["train"], files["val"], spec=spec, config=config, class_weights=dataset.class_weights(),
+        model, files["train"], files["val"], spec=spec, config=config, class_weights=class_weights,
+        sample_weights=sample_weights,
         run=run, train_text=text["train"] if text else None, val_text=text["val"] if text else None, seed=seed,
+        target_files=files["target"] if target is not None and adapt else None,
     )]
     run.report(Progress("evaluate", 0, 1, message="evaluating"))
 
@@ -109,6 +132,9 @@ def fit_network(dataset, weights, spec, plan: Strategy, epochs, batch_size, zoo,
         return evaluate(model, data, files[split], spec, run, text=split_text)[0]
 
     logits = {"val": logits_of("val"), "test": logits_of("test")}
+    if target is not None:
+        files["target"].transform = partial(center_crop_uint8, spec=spec)
+        logits["target"] = logits_of("target")
     measured = ablation(lambda image, with_text: logits_of("val", image, with_text), labels["val"]) if text else None
     details = {"lr": plan.lr, "layer_decay": plan.layer_decay, "images_in_memory": scan.images is not None}
     return model, spec, Outcome(logits, labels, history, config.epochs, fingerprint, details, ablation=measured)

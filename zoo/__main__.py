@@ -150,7 +150,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from zoo.catalog import read_entry
+    from zoo.catalog import lineage, read_entry
 
     entry = read_entry(args.name, zoo=args.zoo)
     if args.errors:
@@ -172,6 +172,15 @@ def _show(args: argparse.Namespace) -> int:
                      f"({row['metrics_split']} split)")
     if row["num_train"]:
         lines.append(f"  trained on {row['num_train']:,} images")
+    chain = lineage(args.name, zoo=args.zoo)
+    if chain:
+        names = [row["name"]] + [f"{link['name']}{'' if link['present'] else ' (no longer here)'}" for link in chain]
+        root = entry.info.get("lineage_root")
+        lines.append("  lineage    " + " <- ".join(names + ([root] if root else [])))
+    adaptation = entry.info.get("adaptation")
+    if adaptation:
+        lines.append(f"  adapted    to {adaptation['target']} ({adaptation['images']} images, shift "
+                     f"{adaptation['shift']}): {adaptation['method'] or 'no adaptation'}")
     lines += [f"  size       {_size(row['size_bytes'])}", f"  created    {row['created'] or '-'}",
               f"  folder     {row['path']}"]
     print("\n".join(lines))

@@ -52,6 +52,8 @@ def model_card(name: str, spec, info: dict[str, Any]) -> str:
         _data_section(spec, data),
         _metrics_section(spec, metrics, split),
         _text_section(spec, info),
+        _adaptation_section(info),
+        _lineage_section(info),
         _usage_section(name, spec, image_only_timm),
         _provenance_section(info),
     ]
@@ -134,6 +136,37 @@ def _metrics_section(spec, metrics: dict[str, Any], split: str) -> str:
             lines.append(f"| **{_cell(label)}** | " + " | ".join(str(v) for v in row) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _adaptation_section(info: dict[str, Any]) -> str:
+    """A target domain given to the fit: what was measured, which adaptation ran, what it changed."""
+    report = info.get("adaptation")
+    if not report:
+        return ""
+    method = {"coral": "CORAL (the head also trained on source features re-coloured to the target's "
+                       "mean and covariance)",
+              "dann+coral": "domain-adversarial training (DANN) with the two domains' feature moments tied "
+                            "(Deep CORAL)"}.get(report.get("method"), "none")
+    lines = ["## Domain adaptation\n",
+             f"Target domain: {report['images']} images ({report['target']}), feature shift from the training "
+             f"images {report['shift']} (adapts from {report['threshold']}). Adaptation: {method}"
+             + (f" (`{report['method']}`)." if report.get("method") else ".")]
+    scores = report.get("target_accuracy") or {}
+    if scores:
+        lines.append("\n| target accuracy | " + " | ".join(scores) + " |\n|---|" + "---|" * len(scores))
+        lines.append("| | " + " | ".join(f"{value:.4f}" if value is not None else "-" for value in scores.values())
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _lineage_section(info: dict[str, Any]) -> str:
+    """A model continued from another zoo model: the chain back to the pretrained backbone."""
+    chain = info.get("lineage")
+    if not chain:
+        return ""
+    root = info.get("lineage_root")
+    return ("## Lineage\n\nContinued from " + " ← ".join(f"`{name}`" for name in chain)
+            + (f" ← `{root}`" if root else "") + " (nearest first).\n")
 
 
 def _text_section(spec, info: dict[str, Any]) -> str:

@@ -156,6 +156,43 @@ def resolve_weights(backbone: str, *, zoo: str | Path | None = None) -> Weights:
     )
 
 
+# --- lineage: a model continued from another ----------------------------------------------------
+
+
+def parent_of(backbone: str, *, zoo: str | Path | None = None) -> dict | None:
+    """What a fit from `backbone` continues: for "zoo:NAME", that model's name, strategy, classes,
+    weights fingerprint and its own lineage; for any other backbone, None."""
+    if not backbone.strip().startswith("zoo:"):
+        return None
+    entry = read_entry(backbone.strip().removeprefix("zoo:"), zoo=zoo)
+    return {"name": entry.name, "strategy": entry.info.get("strategy"), "classes": list(entry.spec.label_names),
+            "fingerprint": resolve_weights(backbone, zoo=zoo).fingerprint, "builtin": entry.builtin,
+            "lineage": list(entry.info.get("lineage") or []),
+            "root": entry.info.get("lineage_root") or (entry.info.get("backbone") or {}).get("name")}
+
+
+def lineage_info(parent: dict | None) -> dict:
+    """transfer.json's "parent" and "lineage" (the names, nearest first) of a model continuing `parent`."""
+    if parent is None:
+        return {}
+    return {"parent": {key: value for key, value in parent.items() if key not in ("lineage", "root")},
+            "lineage": [parent["name"], *parent["lineage"]], "lineage_root": parent["root"]}
+
+
+def lineage(name: str, *, zoo: str | Path | None = None) -> list[dict]:
+    """The chain of models `name` was continued from, nearest first: name, strategy, and whether it
+    is still in this zoo (the names come from each model's own record, so a removed one still shows)."""
+    info = read_entry(name, zoo=zoo).info
+    chain = []
+    for ancestor in info.get("lineage") or []:
+        try:
+            entry = read_entry(ancestor, zoo=zoo)
+            chain.append({"name": ancestor, "strategy": entry.info.get("strategy"), "present": True})
+        except ZooError:
+            chain.append({"name": ancestor, "strategy": None, "present": False})
+    return chain
+
+
 def _search_text(entry: ZooEntry) -> str:
     row = entry.summary()
     data = (entry.info.get("data") or {}).get("name") or ""
