@@ -71,12 +71,13 @@ def serving(zoo: Path) -> Iterator[str]:
             app.demo.close()
 
 
-def train(client: Client, zip_path: Path | None, strategy: str = "feature-extractor", name: str = "", **settings):
+def train(client: Client, zip_path: Path | None, strategy: str = "feature-extractor", name: str = "",
+          target_zip: Path | None = None, balance: str = "auto", **settings):
     """Submit /train with the page's argument order; returns the running job."""
     options = {**FAST_FIT, **settings}
     return client.submit(handle_file(str(zip_path)) if zip_path else None, options["backbone"], strategy, name,
                          options["image_size"], options["epochs"], options["batch_size"], options["max_seconds"],
-                         api_name="/train")
+                         handle_file(str(target_zip)) if target_zip else None, balance, api_name="/train")
 
 
 def table_rows(table: dict) -> list[dict]:

@@ -165,3 +165,16 @@ def test_auto_fit_uses_the_advice_shown_and_says_so(trained, client, colours_zip
     assert used and used.group(1) == advised, (results, shown)
     assert json.loads((app_zoo / "colours-auto" / "transfer.json").read_text())["strategy"] == used.group(1)
     remove_model("colours-auto", zoo=app_zoo)
+
+
+def test_a_target_domain_zip_and_the_balance_choice_reach_the_fit(client, colours_zip, app_zoo):
+    """The optional target-domain upload and the balance radio travel with the fit: pictures that
+    look like the training ones are measured and left alone, and both land in transfer.json."""
+    *_, final = list(train(client, colours_zip, name="colours-target", target_zip=colours_zip, balance="none"))
+    status, _, _, results = map(value, final[:4])
+    assert "Saved as `colours-target`" in status
+    assert "target-domain images look like the training images" in results
+    info = json.loads((app_zoo / "colours-target" / "transfer.json").read_text())
+    assert info["adaptation"]["method"] is None and info["adaptation"]["images"] > 0
+    assert info["balance"]["requested"] == "none"
+    remove_model("colours-target", zoo=app_zoo)

@@ -69,6 +69,15 @@ def model_name_setting(name: str | None) -> str | None:
     return validate_name(name) if name is not None else None
 
 
+def balance_setting(balance: str | None) -> str:
+    from transfer.balance import BALANCE_CHOICES
+
+    balance = balance or "auto"
+    if balance not in BALANCE_CHOICES:
+        raise gr.Error(f"Choose how to balance the classes: {', '.join(BALANCE_CHOICES)}.")
+    return balance
+
+
 def backbone_facts(backbone: str) -> tuple[str, int]:
     """(timm architecture, native input size) a backbone name stands for, without loading weights
     (for time estimates). A zoo model's own input size is its native one."""

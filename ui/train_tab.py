@@ -27,6 +27,7 @@ from ui.predict_tab import PredictTab, model_inputs
 from ui.settings import (
     AUTO,
     FitSettings,
+    balance_setting,
     backbone_facts,
     backbone_setting,
     budget_setting,
@@ -38,6 +39,7 @@ from ui.settings import (
 from ui.uploads import (
     counts_frame,
     example_dataset_zip,
+    open_target,
     open_upload,
     summary_text,
     thumbnails,
@@ -200,9 +202,12 @@ def _gpu_seconds(zip_path, backbone, strategy, name, image_size, epochs, batch_s
 @on_gpu(_gpu_seconds)
 @friendly_errors
 def train_model(zip_path, backbone, strategy, name, image_size, epochs, batch_size, max_seconds,
-                run: runs.TrainingRun | None, profile: gr.OAuthProfile | None, progress=gr.Progress()):
+                target_zip: str | None = None, balance: str = "auto", run: runs.TrainingRun | None = None,
+                profile: gr.OAuthProfile | None = None, progress=gr.Progress()):
     """Fine-tune on the uploaded zip, yielding live status and curve; saves to the zoo at the end.
 
+    target_zip: images from where the model will be used (the fit adapts to them when they look
+    different); balance: how lopsided classes are handled (`transfer.balance`).
     run: the page's run, made when Train was clicked (so Cancel works while the fit waits in the
     queue); API calls come without one. Yields (status, accuracy plot, loss plot, results,
     per-class table, confusion matrix, run, trained name)."""
@@ -220,7 +225,8 @@ def train_model(zip_path, backbone, strategy, name, image_size, epochs, batch_si
     curve, started = TrainingCurve(), time.monotonic()
     run.start(fit, data=dataset, backbone=settings.backbone, strategy=settings.strategy, name=settings.name,
               epochs=settings.epochs, image_size=settings.image_size, batch_size=settings.batch_size,
-              max_seconds=config.time_budget(settings.max_seconds))
+              max_seconds=config.time_budget(settings.max_seconds), target_domain=open_target(target_zip, config),
+              balance=balance_setting(balance))
     progress(0, desc="Starting")
     yield status_text(None, started, estimate), None, None, "", hidden, hidden, run, None
     last, shown, new_points = None, time.monotonic(), False
@@ -302,6 +308,10 @@ def build(demo: gr.Blocks, config: AppConfig, zoo: ZooTab, predict: PredictTab) 
                             "or with `train/`, `val/` (and `test/`) folders around them.")
                 dataset_file = gr.File(label="Dataset (.zip)", file_types=[".zip"], elem_id="dataset-zip")
                 example_button = gr.Button("Try the example dataset (handwritten digits)", elem_id="example-dataset")
+                target_file = gr.File(label="Target-domain images (.zip, optional)", file_types=[".zip"],
+                                      elem_id="target-zip", height=90)
+                gr.Markdown("Unlabelled pictures from where the model will be used (another camera, season, "
+                            "hospital): the fit adapts to them when they look different.", elem_id="target-note")
                 gr.Markdown("### 2. Settings")
                 backbone = gr.Dropdown(label="Backbone", choices=list(BUNDLED), value=DEFAULT_BACKBONE,
                                        allow_custom_value=True,
@@ -319,6 +329,8 @@ def build(demo: gr.Blocks, config: AppConfig, zoo: ZooTab, predict: PredictTab) 
                     epochs = gr.Number(label="Epochs", value=0, precision=0, minimum=0, elem_id="epochs",
                                        info="0: the strategy's default")
                     batch_size = gr.Slider(2, 128, value=32, step=1, label="Batch size")
+                    balance = gr.Radio(["auto", "weights", "resample", "none"], value="auto", elem_id="balance",
+                                       label="Lopsided classes", info="auto: class weights, or resampling from 10:1")
                     max_seconds = gr.Number(label="Time budget (seconds)", value=0, minimum=0, elem_id="max-seconds",
                                             info="0: none" + (f" (this app stops every fit after "
                                                               f"{config.max_train_seconds:.0f} s)"
@@ -372,7 +384,7 @@ def build(demo: gr.Blocks, config: AppConfig, zoo: ZooTab, predict: PredictTab) 
         api_name="lock_train", queue=False, **INTERNAL,
     ).then(
         train_model, [dataset_file, backbone, strategy, model_name, image_size, epochs, batch_size, max_seconds,
-                      run_state],
+                      target_file, balance, run_state],
         [status, accuracy_plot, loss_plot, results, per_class, confusion, run_state, trained_state],
         api_name="train", show_progress_on=[progress_area], **TRAINING,
     ).then(

@@ -78,6 +78,18 @@ def open_upload(zip_path: str | None, config: AppConfig) -> Dataset:
     return dataset
 
 
+def open_target(zip_path: str | None, config: AppConfig) -> Path | None:
+    """The optional target-domain zip (checked by the fit like the dataset), within the upload limit."""
+    if not zip_path:
+        return None
+    path = Path(zip_path)
+    if not path.is_file() or path.suffix.lower() != ".zip":
+        raise gr.Error("The target-domain images must be a .zip (upload it again).")
+    if path.stat().st_size / 2**20 > config.max_upload_mb:
+        raise gr.Error(f"{path.name} is over {config.max_upload_mb} MB; this app takes zips up to that size.")
+    return path
+
+
 def example_dataset_zip() -> str:
     """assets/digits as a zip (what a user would upload), built once into the zoo's cache."""
     files = sorted(file for file in EXAMPLE_DATASET.rglob("*") if file.is_file() and not file.name.startswith("."))

@@ -135,8 +135,11 @@ def results_text(result) -> str:
     metrics = result.metrics
     where = ("held-out test images" if result.metrics_split == "test"
              else "validation images (they also chose when to stop, so this is slightly optimistic)")
+    minority = (result.balance or {}).get("minority") or []
+    headline = (f"### macro-F1 {metrics['macro_f1']:.3f} · {metrics['accuracy']:.1%} accuracy" if minority
+                else f"### {metrics['accuracy']:.1%} accuracy · macro-F1 {metrics['macro_f1']:.3f}")
     lines = [
-        f"### {metrics['accuracy']:.1%} accuracy · macro-F1 {metrics['macro_f1']:.3f}",
+        headline,
         f"On {metrics['count']} {where}.",
         f"**{result.strategy}** on `{result.backbone}` at {result.image_size} px: trained "
         f"{result.trainable_parameters:,} of {result.total_parameters:,} parameters on {result.num_train} images "
@@ -144,6 +147,15 @@ def results_text(result) -> str:
     ]
     if result.advice:
         lines.append(f"Strategy **auto** chose **{result.strategy}**: " + " ".join(result.advice.get("reasons", [])))
+    if minority:  # lopsided classes: the small ones' recall is what accuracy hides
+        lines.append("**Recall of the smallest classes:** " + ", ".join(
+            f"{label} {metrics['per_class'][label]['recall']:.0%}" for label in minority[:10]))
+    if not result.advice:  # (auto's reasons carry these already)
+        lines += list(result.notes)
+    scores = (result.adaptation or {}).get("target_accuracy")
+    if scores:
+        lines.append("**Target-domain accuracy:** " + ", ".join(
+            f"{key} {value:.1%}" for key, value in scores.items() if value is not None))
     if result.ablation:
         lines.append(ablation_text(result.ablation))
     if result.details.get("cut_stage") is not None:
