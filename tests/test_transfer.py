@@ -59,8 +59,8 @@ def test_shallow_chooses_its_cut_on_validation(frozen):
 
 def test_fine_tune_beats_from_scratch_with_the_same_budget(trained):
     scratch, tuned = trained["from-scratch"], trained["fine-tune"]
-    # measured with these settings over seeds 0-9 at 1 and 2 threads: from-scratch 0.28-0.46,
-    # fine-tune 0.78-0.88, a gap of at least 0.34 (chance is 0.10)
+    # measured with these settings over seeds 0-9 at 1 and 2 threads, two fits running at once:
+    # from-scratch 0.30-0.54 (mean 0.44), fine-tune 0.78-0.88 (mean 0.83), a gap of 0.275-0.56 (chance is 0.10)
     assert scratch.metrics["accuracy"] >= 0.20, scratch.history  # a random start learns: twice chance
     assert tuned.metrics["accuracy"] >= scratch.metrics["accuracy"] + 0.25  # pretrained wins, and by far
     assert tuned.trainable_parameters == tuned.total_parameters  # everything trained in phase 2
