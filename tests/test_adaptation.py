@@ -71,7 +71,7 @@ def test_balancing_lopsided_classes_raises_minority_recall_and_macro_f1(lopsided
     common = dict(strategy="feature-extractor", image_size=64, zoo=tmp_path, workers=0)
     untouched = fit(lopsided, name="untouched", balance="none", **common)
     balanced = fit(lopsided, name="balanced", **common)  # balance="auto"
-    assert balanced.balance["method"] == "resample" and balanced.balance["ratio"] == 20
+    assert balanced.balance["method"] == "weights" and balanced.balance["ratio"] == 20
     assert balanced.balance["minority"] == ["5", "6", "7", "8", "9"] and untouched.metrics_split == "test"
 
     def minority_recall(result):
@@ -104,3 +104,18 @@ def test_a_model_continued_from_the_zoo_records_its_lineage(digits_small, tmp_pa
     assert "second" in (third.path / "README.md").read_text().split("## Lineage")[1]
     shown = run_cli("zoo", "show", "third", "--zoo", str(zoo))
     assert shown.returncode == 0 and "lineage    third <- second <- first <- tf_efficientnet_lite0" in shown.stdout
+
+
+def test_auto_does_not_adapt_a_network_trained_from_scratch():
+    """Measured in benchmarks/adaptation.py: DANN on a random start took the source from 0.81 to 0.27."""
+    from types import SimpleNamespace
+
+    from transfer.target import Adaptation
+
+    shifted = Adaptation(target=SimpleNamespace(train=[0] * 450), mode="auto", shift=0.3, adapt=True)
+    assert shifted.for_strategy("fine-tune").adapt and shifted.for_strategy("feature-extractor").adapt
+    scratch = shifted.for_strategy("from-scratch")
+    assert not scratch.adapt and scratch.method(trains_backbone=True) is None
+    assert "trained from scratch is not adapted" in scratch.sentence() and "--adaptation on" in scratch.sentence()
+    forced = Adaptation(target=SimpleNamespace(train=[0] * 450), mode="on", shift=0.3, adapt=True)
+    assert forced.for_strategy("from-scratch").adapt

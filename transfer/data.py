@@ -327,7 +327,7 @@ def _validate(dataset: Dataset) -> None:
         rare = [dataset.classes[i] for i, n in train_counts.items() if n == smallest]
         dataset.warnings.append(
             f"classes are imbalanced ({largest} vs {smallest} training images, smallest: {', '.join(rare)}); "
-            "the fit balances them (--balance auto: class weights, or resampling from 10:1)"
+            "the fit weighs them (--balance auto: class weights)"
         )
 
 

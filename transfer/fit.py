@@ -168,7 +168,7 @@ def fit(
         set_seed(seed)  # Python's random (timm's RandomResizedCrop draws from it), numpy and torch: the same run
         run.report(Progress("start", 0, 1, message=f"{plan.name} on {len(dataset.train)} training images"))
         target = adapting.target if adapting else None
-        adapt = bool(adapting and adapting.adapt)
+        adapt = bool(adapting and adapting.for_strategy(plan.name).adapt)
         if plan.trains_backbone:
             warm_head = warm_head or parent_head(parent, weights, dataset.classes, plan)
             model, spec, outcome = fit_network(dataset, weights, spec, plan, epochs, batch_size, zoo, run,
@@ -195,6 +195,7 @@ def fit(
     else:
         fitted = train(plan.name)
     plan, weights, spec, outcome = fitted.plan, fitted.weights, fitted.spec, fitted.outcome
+    adapting = adapting.for_strategy(plan.name) if adapting else None
     notes = [sentence for sentence in (balancing.sentence(), adapting.sentence() if adapting else "") if sentence]
     if advice is not None:
         advice["reasons"] = [*advice["reasons"], *notes]

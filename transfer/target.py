@@ -14,7 +14,7 @@ adapt (`transfer.adapt`); `Adaptation.report` says what it changed, for transfer
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 import torch
@@ -75,10 +75,19 @@ class Adaptation:
     mode: str  # "auto" | "on" | "off"
     shift: float | None  # source -> target feature shift (transfer.measure.domain_shift)
     adapt: bool
+    held_back: bool = False  # auto would adapt, but not this strategy (see for_strategy)
 
     @property
     def labelled(self) -> bool:
         return is_labelled(self.target)
+
+    def for_strategy(self, strategy: str) -> Adaptation:
+        """The decision for `strategy`. Under auto, from-scratch does not adapt: with no pretrained
+        features to align, the adversary wrecked what the network was learning (benchmarks/adaptation.py:
+        source accuracy 0.81 -> 0.27, target no better). --adaptation on still forces it."""
+        if strategy == "from-scratch" and self.mode == "auto" and self.adapt:
+            return replace(self, adapt=False, held_back=True)
+        return self
 
     def method(self, trains_backbone: bool) -> str | None:
         if not self.adapt:
@@ -93,6 +102,11 @@ class Adaptation:
                    "auto": f"as that is {ADAPT_SHIFT:g} or more"}[self.mode]
             return (f"Your {len(self.target.train)} target-domain images look different from the training images "
                     f"(feature shift {shift}), so the fit adapts to them, {why}.")
+        if self.held_back:
+            return (f"Your {len(self.target.train)} target-domain images look different from the training images "
+                    f"(feature shift {shift}), but a network trained from scratch is not adapted under "
+                    "--adaptation auto: it has no pretrained features to align yet, and adversarial training "
+                    "undid what it was learning (--adaptation on forces it).")
         if self.mode == "off":
             return f"The target domain's feature shift is {shift}; adaptation is off (--adaptation off)."
         return (f"Your {len(self.target.train)} target-domain images look like the training images (feature shift "

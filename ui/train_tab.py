@@ -330,7 +330,7 @@ def build(demo: gr.Blocks, config: AppConfig, zoo: ZooTab, predict: PredictTab) 
                                        info="0: the strategy's default")
                     batch_size = gr.Slider(2, 128, value=32, step=1, label="Batch size")
                     balance = gr.Radio(["auto", "weights", "resample", "none"], value="auto", elem_id="balance",
-                                       label="Lopsided classes", info="auto: class weights, or resampling from 10:1")
+                                       label="Lopsided classes", info="auto: class weights from 1.5:1")
                     max_seconds = gr.Number(label="Time budget (seconds)", value=0, minimum=0, elem_id="max-seconds",
                                             info="0: none" + (f" (this app stops every fit after "
                                                               f"{config.max_train_seconds:.0f} s)"
