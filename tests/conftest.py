@@ -1,18 +1,25 @@
 """Shared fixtures: one zoo (so bundled weights convert once and features cache once), real data.
 
 Nothing here touches the network: HF_HUB_OFFLINE and gradio's analytics are switched off first
-(and OpenMP waits passively, as in the entry points, before torch is imported).
+(and OpenMP waits passively, as in the entry points, before torch is imported). Gradio's upload
+folder is this run's own: gradio files uploads by content hash under /tmp/gradio, and an app that
+shuts down deletes its uploads there, so two runs side by side deleted each other's zips.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the entry points set it (zoo.malloc): shared cores
+if "GRADIO_TEMP_DIR" not in os.environ:  # before gradio is imported: some of its modules read it then
+    os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="transfer-zoo-tests-gradio-")
+    atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
 
-import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
