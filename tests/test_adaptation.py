@@ -22,7 +22,9 @@ from transfer.fit import fit
 @pytest.fixture(scope="module")
 def domains(tmp_path_factory):
     """source/<digit>/*.png (900), target/*.png (450, no labels), target-test/<digit>/*.png (447)."""
-    return make_domains(tmp_path_factory.mktemp("domains"))
+    root = make_domains(tmp_path_factory.mktemp("domains"))
+    (root / "target" / "broken.png").write_bytes(b"not an image")  # skipped, and said so
+    return root
 
 
 @pytest.mark.parametrize(("strategy", "settings"), [
@@ -37,6 +39,7 @@ def test_adapting_to_unlabelled_target_images_raises_their_accuracy(domains, tmp
     report = adapted.adaptation
     assert report["method"] == ("coral" if strategy == "feature-extractor" else "dann+coral")
     assert report["shift"] >= report["threshold"] and not report["labelled"] and report["images"] == 450
+    assert [file for file, _ in adapted.skipped] == ["target domain: broken.png"]
     before, after = accuracy_on(plain, domains / "target-test"), accuracy_on(adapted, domains / "target-test")
     print(f"{strategy}: target {before:.3f} -> {after:.3f}, source {plain.metrics['accuracy']:.3f} -> "
           f"{adapted.metrics['accuracy']:.3f}")

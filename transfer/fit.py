@@ -249,7 +249,9 @@ def fit(
         name=name, path=path, strategy=plan.name, backbone=backbone, classes=list(spec.label_names),
         num_train=len(dataset.train), num_val=len(dataset.val), num_test=len(dataset.test),
         metrics=metrics, metrics_split=split, train_seconds=train_seconds, history=outcome.history,
-        skipped=list(dataset.skipped), warnings=list(dataset.warnings), trainable_parameters=trainable,
+        skipped=list(dataset.skipped) + [(f"target domain: {file}", reason) for file, reason
+                                           in (adapting.target.skipped if adapting else [])],
+        warnings=list(dataset.warnings), trainable_parameters=trainable,
         total_parameters=total, image_size=spec.image_size, details=outcome.details,
         ablation=outcome.ablation, stopped_by_budget=run.budget_hit, advice=advice,
         val_accuracy=round(val_metrics["accuracy"], 4), errors=errors, balance=info["balance"],
