@@ -25,6 +25,7 @@ from transfer.heads import HeadConfig, train_fusion_head, train_linear_head
 from transfer.outcome import Outcome, ablation
 from transfer.progress import Progress, Run
 from transfer.strategies import HEAD_EPOCHS, Strategy
+from transfer.target import is_labelled
 from zoo import ZooError
 from zoo.model import ImageTextClassifier
 from zoo.weights import create_backbone
@@ -96,7 +97,8 @@ def fit_frozen(dataset, weights, spec, plan: Strategy, epochs, batch_size, zoo, 
                                (class_weights, sample_weights))
     model.get_classifier().load_state_dict(head.state_dict())
     model.pretrained_cfg = {**model.pretrained_cfg, **spec.data_config(), "num_classes": spec.num_classes}
-    plain = probe(select, "head", aligned=False)[0] if adapt and target_features is not None else None
+    # the same head without CORAL, only when the target has labels to score both by
+    plain = probe(select, "head", aligned=False)[0] if adapt and target is not None and is_labelled(target) else None
     with torch.inference_mode():
         logits = {split: head(select(features[split])) for split in ("train", "val", "test")}
         if target_features is not None:
